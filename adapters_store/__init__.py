@@ -1,0 +1,1 @@
+"""The adapter registry over fsspec. Imported as ``ldp.store``."""

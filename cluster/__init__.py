@@ -1,0 +1,1 @@
+"""Reaching a Ray cluster, strategy choice, memory estimates. Imported as ``ldp.cluster``."""

@@ -1,0 +1,3 @@
+from ldp.cli.main import main
+
+main()

@@ -1,0 +1,84 @@
+"""Entry point of the ``ldp`` command.
+
+Exit codes: 0 success, 1 a failure the user can act on (:class:`ldp.errors.LdpError`), 2 bad
+usage (unknown option, invalid value or config). Errors print one line on stderr, no traceback;
+``LDP_DEBUG=1`` re-raises for developers.
+
+Command modules import their heavy dependencies (torch, Ray) inside the command functions, so
+``ldp --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+import typer
+
+from ldp.errors import LdpError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="ldp",
+    help="LDP, the LoRA-Diffusion Platform: train, store and serve trajectory adapters for "
+    "diffusion language models on Ray.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Each module defines register(app). Listed here so the command set is visible in one place.
+COMMAND_MODULES = [
+    "ldp.cli.sizes",
+    "ldp.cli.pretrain",
+]
+
+
+def _register_all() -> None:
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # a command module not written yet
+                continue
+            raise
+        module.register(app)
+
+
+def _fail(message: str, code: int) -> int:
+    first = message.strip().splitlines()[0] if message.strip() else "failed"
+    print(f"ldp: error: {first}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns (and, as a console script, exits with) the exit code."""
+    _register_all()
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(args=argv, prog_name="ldp", standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        code = _fail("aborted", 130)
+    except click.UsageError as exc:
+        code = _fail(exc.format_message(), 2)
+    except click.ClickException as exc:
+        code = _fail(exc.format_message(), exc.exit_code or 1)
+    except LdpError as exc:
+        if os.environ.get("LDP_DEBUG"):
+            raise
+        code = _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        code = _fail("interrupted", 130)
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+if __name__ == "__main__":
+    main()

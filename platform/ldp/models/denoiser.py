@@ -1,0 +1,85 @@
+"""The one interface every base diffusion LM implements.
+
+DESIGN §2: a base denoiser ``f(x_t, t, c) -> H`` returns final hidden states ``H`` (B, L, d) and
+a frozen output head maps ``H`` to logits. Adaptation methods (``ldp.methods``) perturb ``H`` or
+the modules inside the backbone; the diffusion process (``ldp.diffusion``) only ever calls
+``forward`` (or ``hidden_states`` + ``head``).
+
+Conventions shared by every implementation:
+
+- ``input_ids``: LongTensor (B, L); masked positions hold ``mask_token_id``.
+- ``t``: FloatTensor (B,) with the normalised diffusion time ``t / T`` in [0, 1], or None. Models
+  without time conditioning ignore it (as LLaDA does); adaLN models embed it.
+- ``attention_mask``: (B, L) with 1 for positions to attend to, or None (attend everywhere).
+  Diffusion SFT pads with EOS and attends to the padding (LLaDA), so None is the common case.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+__all__ = ["Denoiser", "BlockParts"]
+
+
+class BlockParts(Protocol):
+    """Where adaptation methods attach inside one transformer block (names relative to the block).
+
+    ``q``, ``k``, ``v``, ``o``: the attention projections (``nn.Linear``); ``attention``: the
+    module whose output is the attention sub-layer's output before the residual add; ``ffn``: the
+    module whose output is the feed-forward sub-layer's output before the residual add.
+    """
+
+    q: str
+    k: str
+    v: str
+    o: str
+    attention: str
+    ffn: str
+
+
+@runtime_checkable
+class Denoiser(Protocol):
+    """A masked-diffusion LM backbone (native transformer or a warm-started HF encoder)."""
+
+    mask_token_id: int
+    pad_token_id: int
+    eos_token_id: int
+    vocab_size: int
+    hidden_size: int
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        t: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Final hidden states H: (B, L) ids -> (B, L, d)."""
+        ...
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Frozen output head: (..., d) -> (..., V) logits."""
+        ...
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        t: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, L, V) = head(hidden_states(...))."""
+        ...
+
+    def blocks(self) -> nn.ModuleList:
+        """The transformer blocks in order; each maps the residual stream (B, L, d) to itself.
+
+        A forward hook on block ``i`` sees (and may replace) the residual stream after block ``i``;
+        the block may return a tensor or a tuple whose first element is the hidden states.
+        """
+        ...
+
+    def block_parts(self) -> BlockParts:
+        """Names of the attachable modules inside each block (see :class:`BlockParts`)."""
+        ...
