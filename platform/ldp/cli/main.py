@@ -32,8 +32,17 @@ app = typer.Typer(
 
 # Each module defines register(app). Listed here so the command set is visible in one place.
 COMMAND_MODULES = [
-    "ldp.cli.sizes",
+    "ldp.cli.submit",  # submit, status, logs, jobs
+    "ldp.cli.sweep",
+    "ldp.cli.train_all",
     "ldp.cli.pretrain",
+    "ldp.cli.eval",
+    "ldp.cli.bench",
+    "ldp.cli.sizes",
+    "ldp.cli.registry",  # registry ls|show|pull|rm|verify|gc
+    "ldp.cli.serve",  # serve, generate
+    "ldp.cli.cluster",  # cluster up|down|status
+    "ldp.cli.tasks",
 ]
 
 
