@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ldp.errors import LdpError
 from ldp.training.loader import ResumableLoader
 from ldp.training.optim import OptimConfig, build_optimizer
 
@@ -86,7 +87,11 @@ class Backend(Protocol):
         """Clip, update, advance the schedule, zero the gradients; returns lr and grad_norm."""
         ...
 
-    def save(self, folder: Path) -> None: ...
+    def save(self, folder: Path) -> None:
+        """Write the trainable weights and optimiser/scheduler state into ``folder``.
+
+        Called on every rank (DeepSpeed's checkpointing is collective)."""
+        ...
 
     def load(self, folder: Path) -> None: ...
 
@@ -94,12 +99,15 @@ class Backend(Protocol):
 class TorchBackend:
     """AdamW + warm-up/cosine schedule on the given parameters, in this process."""
 
-    def __init__(self, params: list[nn.Parameter], optim: OptimConfig, total_steps: int) -> None:
-        if not params:
+    def __init__(
+        self, named_params: dict[str, nn.Parameter], optim: OptimConfig, total_steps: int
+    ) -> None:
+        if not named_params:
             raise ValueError("no trainable parameters")
-        self.params = params
+        self.named_params = named_params
+        self.params = list(named_params.values())
         self.grad_clip = optim.grad_clip
-        self.optimizer, self.scheduler = build_optimizer(params, optim, total_steps)
+        self.optimizer, self.scheduler = build_optimizer(self.params, optim, total_steps)
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
@@ -118,12 +126,25 @@ class TorchBackend:
         return {"lr": float(lr), "grad_norm": float(norm)}
 
     def save(self, folder: Path) -> None:
+        save_file(
+            {n: p.detach().contiguous().cpu() for n, p in self.named_params.items()},
+            folder / "trainable.safetensors",
+        )
         torch.save(
             {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
             folder / "optimizer.pt",
         )
 
     def load(self, folder: Path) -> None:
+        weights = load_file(folder / "trainable.safetensors")
+        missing = set(self.named_params) - set(weights)
+        if missing:
+            raise LdpError(
+                f"checkpoint {folder} lacks {len(missing)} trainable tensors, e.g. {sorted(missing)[0]}"
+            )
+        with torch.no_grad():
+            for name, param in self.named_params.items():
+                param.copy_(weights[name])
         state = torch.load(folder / "optimizer.pt", weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -164,6 +185,7 @@ class Trainer:
         out_dir: Path | None = None,
         backend: Backend | None = None,
         on_step: Callable[[dict[str, float]], None] | None = None,
+        on_checkpoint: Callable[["Trainer", dict[str, float]], None] | None = None,
         progress: bool = True,
         is_main: bool = True,
     ) -> None:
@@ -172,16 +194,17 @@ class Trainer:
         self.val_batches = val_batches
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.on_step = on_step
+        self.on_checkpoint = on_checkpoint
         self.progress = progress and is_main
         self.is_main = is_main
         if trainable is None:
             trainable = [p for p in model.parameters() if p.requires_grad]
         self.trainable = trainable
-        self.backend = backend or TorchBackend(trainable, optim or OptimConfig(), loop.max_steps)
+        named = dict(zip(_names_of(model, trainable), trainable))
+        self.backend = backend or TorchBackend(named, optim or OptimConfig(), loop.max_steps)
         self.step = 0
         torch.manual_seed(loop.seed)
         self.generator = torch.Generator().manual_seed(loop.seed)
-        self._trainable_names = _names_of(model, trainable)
 
     # -- one step ---------------------------------------------------------------------------
     def _autocast(self):
@@ -198,8 +221,6 @@ class Trainer:
             with self._autocast():
                 loss, stats = self.loss_fn(self.model, batch, self.generator)
             if not torch.isfinite(loss):
-                from ldp.errors import LdpError
-
                 raise LdpError(f"loss became {loss.item()} at step {self.step + 1}; lower the lr")
             self.backend.backward(loss / self.loop.grad_accum)
             total += float(loss.detach()) / self.loop.grad_accum
@@ -231,8 +252,6 @@ class Trainer:
     def save_checkpoint(self, folder: Path) -> Path:
         """Write everything exact resume needs into ``folder`` (``trainer_state.json`` last)."""
         folder.mkdir(parents=True, exist_ok=True)
-        named = dict(zip(self._trainable_names, self.trainable))
-        save_file({n: p.detach().contiguous().cpu() for n, p in named.items()}, folder / "trainable.safetensors")
         self.backend.save(folder)
         save_file(
             {"generator": self.generator.get_state(), "torch_global": torch.get_rng_state()},
@@ -243,16 +262,7 @@ class Trainer:
         return folder
 
     def load_checkpoint(self, folder: Path) -> None:
-        weights = load_file(folder / "trainable.safetensors")
-        named = dict(zip(self._trainable_names, self.trainable))
-        missing = set(named) - set(weights)
-        if missing:
-            from ldp.errors import LdpError
-
-            raise LdpError(f"checkpoint {folder} lacks {len(missing)} trainable tensors, e.g. {sorted(missing)[0]}")
-        with torch.no_grad():
-            for name, param in named.items():
-                param.copy_(weights[name])
+        """Restore a :meth:`save_checkpoint` folder (weights, optimiser, RNGs, loader, step)."""
         self.backend.load(folder)
         rng = load_file(folder / "rng.safetensors")
         self.generator.set_state(rng["generator"])
@@ -261,7 +271,10 @@ class Trainer:
         self.step = int(state["step"])
         self.loader.load_state_dict(state["loader"])
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self, metrics: dict[str, float]) -> None:
+        if self.on_checkpoint is not None:  # e.g. Ray Train: save on every rank, then report
+            self.on_checkpoint(self, metrics)
+            return
         if self.out_dir is None or not self.is_main:
             return
         ckpt_root = self.out_dir / "checkpoints"
@@ -306,7 +319,7 @@ class Trainer:
                     if self.step % max(1, self.loop.log_every) == 0 or last:
                         bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
                 if (self.loop.checkpoint_every and self.step % self.loop.checkpoint_every == 0) or last:
-                    self._checkpoint()
+                    self._checkpoint(metrics)
         finally:
             if bar is not None:
                 bar.close()
