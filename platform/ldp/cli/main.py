@@ -46,7 +46,14 @@ COMMAND_MODULES = [
 ]
 
 
+_registered = False
+
+
 def _register_all() -> None:
+    global _registered
+    if _registered:  # main() may run many times in one process (tests)
+        return
+    _registered = True
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
