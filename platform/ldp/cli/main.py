@@ -14,8 +14,12 @@ import importlib
 import os
 import sys
 
-import click
 import typer
+
+try:  # typer >= 0.29 vendors its own click; older typer uses the click package
+    from typer._click import exceptions as click_exc
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_exc
 
 from ldp.errors import LdpError
 
@@ -77,13 +81,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rv = command.main(args=argv, prog_name="ldp", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         code = exc.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         code = _fail("aborted", 130)
-    except click.UsageError as exc:
+    except click_exc.NoArgsIsHelpError as exc:  # `ldp` or `ldp registry` alone: show help
+        print(exc.format_message() if exc.ctx is None else exc.ctx.get_help())
+        code = 0
+    except click_exc.UsageError as exc:
         code = _fail(exc.format_message(), 2)
-    except click.ClickException as exc:
+    except click_exc.ClickException as exc:
         code = _fail(exc.format_message(), exc.exit_code or 1)
     except LdpError as exc:
         if os.environ.get("LDP_DEBUG"):

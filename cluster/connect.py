@@ -1,0 +1,221 @@
+"""Reaching Ray: an embedded local cluster by default, ``--address`` / ``RAY_ADDRESS`` otherwise.
+
+================================  ============================================================
+address                           what :func:`connect` does
+================================  ============================================================
+none, ``local``                   starts an embedded Ray in this process (``address="local"``,
+                                  all of this machine's CPUs, with the dashboard, which Tune +
+                                  Train need); :meth:`ClusterHandle.shutdown` stops it
+``auto``                          attaches to the Ray already running on this machine
+``host:port``, ``ray://host:p``   attaches a driver to that cluster (GCS or Ray Client);
+                                  ``shutdown`` disconnects and leaves the cluster running
+``http://host:8265``              no driver: a Jobs API handle (``JobSubmissionClient``) for
+                                  submitting the job into the cluster, where it connects itself
+================================  ============================================================
+
+Workers (and Jobs API submissions, via :attr:`ClusterHandle.runtime_env`) get
+``RAY_TRAIN_ENABLE_STATE_TRACKING=1`` (the dashboard's Train tab) and ``TORCH_EXTENSIONS_DIR``
+under LDP's cache, where DeepSpeed JIT-builds its CPU communication op once. For a remote
+cluster this machine's cache path means nothing to its nodes, so ``TORCH_EXTENSIONS_DIR`` is
+passed only when set explicitly (``TORCH_EXTENSIONS_DIR`` or ``LDP_CACHE``).
+
+Token auth: a head started by ``ldp cluster up`` with token auth is recognised by its address,
+and ``RAY_AUTH_MODE=token`` is set for this process so the driver and the Jobs client send the
+token from ``~/.ray/auth_token``. For other clusters set ``RAY_AUTH_MODE`` / ``RAY_AUTH_TOKEN``
+yourself.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from ldp.errors import LdpError, UsageError
+from ldp.paths import cache_dir
+
+__all__ = ["ClusterHandle", "connect", "resolve_address", "worker_env"]
+
+Kind = Literal["local", "ray", "jobs"]
+
+
+@dataclass
+class ClusterHandle:
+    """A connection to a Ray cluster, as made by :func:`connect`."""
+
+    kind: Kind
+    """``local``: embedded Ray started here; ``ray``: driver attached to a running cluster;
+    ``jobs``: Jobs API client only (no driver in this process)."""
+    address: str
+    """GCS address (``local``/``ray``), Ray Client URL, or the Jobs API URL."""
+    dashboard_url: str | None
+    runtime_env: dict[str, Any] = field(default_factory=dict)
+    """What workers get; pass it as ``submit_job(runtime_env=...)`` for Jobs API submissions."""
+    job_client: Any = None
+    """``ray.job_submission.JobSubmissionClient`` for ``jobs`` handles, else None."""
+    owns_driver: bool = False
+    """This handle called ``ray.init``; :meth:`shutdown` calls ``ray.shutdown``."""
+
+    @property
+    def uses_jobs_api(self) -> bool:
+        return self.kind == "jobs"
+
+    @property
+    def started_cluster(self) -> bool:
+        """True when shutting this handle down stops a Ray cluster (the embedded one)."""
+        return self.kind == "local" and self.owns_driver
+
+    def resources(self):
+        """The cluster's :class:`~ldp.cluster.resources.ClusterResources` (driver handles)."""
+        if self.uses_jobs_api:
+            raise LdpError(
+                "a Jobs API handle (http:// address) has no driver to read resources; the "
+                "submitted job checks them inside the cluster"
+            )
+        from ldp.cluster.resources import cluster_resources
+
+        return cluster_resources()
+
+    def shutdown(self) -> None:
+        """Stop what :func:`connect` started: the embedded Ray, or this driver's connection.
+
+        A cluster this handle attached to keeps running; calling twice is harmless."""
+        if self.owns_driver:
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
+            self.owns_driver = False
+
+    def __enter__(self) -> ClusterHandle:  # noqa: PYI034
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+def resolve_address(address: str | None = None) -> tuple[Kind, str]:
+    """``(kind, address)`` for ``address`` or ``RAY_ADDRESS``; raises :class:`UsageError`."""
+    raw = (address if address is not None else os.environ.get("RAY_ADDRESS", "")).strip()
+    if raw in ("", "local"):
+        return "local", "local"
+    if raw == "auto":
+        return "ray", "auto"
+    scheme = urlparse(raw).scheme.lower() if "://" in raw else ""
+    if scheme in ("http", "https"):
+        return "jobs", raw.rstrip("/")
+    if scheme == "ray":
+        return "ray", raw
+    if scheme:
+        raise UsageError(
+            f"unsupported Ray address {raw!r}: use host:port, ray://host:port, http://host:port "
+            "(Jobs API) or nothing for an embedded local Ray"
+        )
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise UsageError(
+            f"Ray address {raw!r} is not host:port (e.g. 127.0.0.1:6380), ray://host:port or "
+            "http://host:8265"
+        )
+    return "ray", raw
+
+
+def worker_env(*, local: bool = True) -> dict[str, str]:
+    """Environment variables every Ray worker of an LDP job gets (see the module docstring)."""
+    env = {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        env["TORCH_EXTENSIONS_DIR"] = os.environ["TORCH_EXTENSIONS_DIR"]
+    elif local or os.environ.get("LDP_CACHE"):
+        env["TORCH_EXTENSIONS_DIR"] = str(cache_dir("torch_extensions"))
+    return env
+
+
+def _is_local_head(kind: Kind, address: str) -> bool:
+    """Is ``address`` the head recorded by ``ldp cluster up``? Sets token auth for it."""
+    from ldp.cluster.local import running_head, use_token_auth
+
+    head = running_head()
+    if head is None:
+        return False
+    url = urlparse(address if "://" in address else f"tcp://{address}")
+    hosts = {"127.0.0.1", "localhost", head.host}
+    ports = {"jobs": {head.dashboard_port}, "ray": {head.port, head.client_port}}.get(kind, set())
+    if address != "auto" and (url.hostname not in hosts or url.port not in ports):
+        return False
+    if head.auth == "token":
+        use_token_auth()
+    return True
+
+
+def connect(
+    address: str | None = None,
+    num_cpus: int | None = None,
+    *,
+    include_dashboard: bool = True,
+    env_vars: dict[str, str] | None = None,
+) -> ClusterHandle:
+    """Reach Ray as the module docstring describes and return a :class:`ClusterHandle`.
+
+    ``num_cpus`` only applies to the embedded cluster (default: this machine's CPUs).
+    ``env_vars`` are added to the workers' environment. If Ray is already initialised in this
+    process the existing connection is reused and left alone by ``shutdown``.
+    """
+    kind, addr = resolve_address(address)
+    if kind != "local" and num_cpus is not None:
+        raise UsageError("--num-cpus applies to the embedded local Ray only, not to --address")
+    local_head = kind != "local" and _is_local_head(kind, addr)
+    env = worker_env(local=kind == "local" or local_head)
+    env.update(env_vars or {})
+    runtime_env = {"env_vars": env}
+
+    if kind == "jobs":
+        from ray.job_submission import JobSubmissionClient
+
+        try:
+            client = JobSubmissionClient(addr)
+        except Exception as exc:  # ConnectionError, auth errors, bad URL
+            raise LdpError(f"cannot reach the Ray Jobs API at {addr}: {_first_line(exc)}") from exc
+        return ClusterHandle("jobs", addr, addr, runtime_env, job_client=client)
+
+    import ray
+
+    if ray.is_initialized():
+        ctx = ray.get_runtime_context()
+        return ClusterHandle(
+            kind, ctx.gcs_address, _dashboard_url(None), runtime_env, owns_driver=False
+        )
+
+    if kind == "local":
+        cpus = num_cpus if num_cpus is not None else (os.cpu_count() or 1)
+        if cpus < 1:
+            raise UsageError(f"--num-cpus must be >= 1, got {cpus}")
+        try:
+            info = ray.init(
+                address="local",
+                num_cpus=cpus,
+                include_dashboard=include_dashboard,
+                runtime_env=runtime_env,
+            )
+        except Exception as exc:
+            raise LdpError(f"could not start a local Ray: {_first_line(exc)}") from exc
+        gcs = info.address_info.get("gcs_address") or ray.get_runtime_context().gcs_address
+        return ClusterHandle("local", gcs, _dashboard_url(info), runtime_env, owns_driver=True)
+
+    try:
+        info = ray.init(address=addr, runtime_env=runtime_env)
+    except Exception as exc:
+        raise LdpError(f"cannot reach Ray at {addr}: {_first_line(exc)}") from exc
+    return ClusterHandle("ray", addr, _dashboard_url(info), runtime_env, owns_driver=True)
+
+
+def _dashboard_url(info: Any) -> str | None:
+    url = getattr(info, "dashboard_url", None) if info is not None else None
+    if not url:
+        return None
+    return url if "://" in url else f"http://{url}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
