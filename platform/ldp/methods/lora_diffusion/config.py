@@ -1,0 +1,101 @@
+"""Config of the trajectory adapter (LoRA-Diffusion, DESIGN §2 "Trajectory adapter")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import Literal
+
+from ldp.methods.base import floor_cutoff
+
+__all__ = ["LoraDiffusionConfig"]
+
+
+@dataclass
+class LoraDiffusionConfig:
+    num_steps: int = 100
+    """T, the number of diffusion steps; must equal the diffusion schedule's T."""
+    phase_names: list[str] = field(default_factory=lambda: ["early", "middle", "late"])
+    """Phase names, from the noisiest (t = T) to the cleanest (t = 1)."""
+    boundaries: list[float] = field(default_factory=lambda: [2 / 3, 1 / 3])
+    """Strictly decreasing fractions of T in (0, 1), one fewer than phases. With integer cutoffs
+    ``c_p = floor(T * boundaries[p])``, phase 0 holds ``t > c_0``, phase p holds
+    ``c_p < t <= c_{p-1}``, the last phase ``t <= c_last`` (default: early t > 2T/3, middle,
+    late t <= T/3)."""
+    ranks: list[int] = field(default_factory=lambda: [64, 32, 8])
+    """Bottleneck rank r of each phase's modules."""
+    scales: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25])
+    """sigma(t): the scale of each phase's perturbation."""
+    modules_per_phase: int = 2
+    """k: modules g_i summed per phase."""
+    share: Literal["phase", "step"] = "phase"
+    """``phase``: one set of k modules per phase (default). ``step``: k modules per step, i.e.
+    T sets (the paper's Eq. 24 count), stored as parameter tensors indexed by step."""
+    time_embed_dim: int = 128
+    """Width of the sinusoidal step embedding Emb(t) concatenated to H."""
+    conditioning: bool = True
+    """FiLM-condition the bottleneck on Enc(c) (mean base state over instruction tokens)."""
+    inject_layers: list[int] = field(default_factory=list)
+    """Also inject into the residual stream after these blocks (0-based; negative counts from
+    the end). Empty (default): final hidden state only, and the base runs without autograd."""
+    base_dtype: Literal["fp32", "bf16"] = "fp32"
+    """Run the frozen base under bf16 autocast (``bf16``) or as is; adapter math stays fp32."""
+    lambda_rank: float = 0.01
+    """Weight of the nuclear norms of W_A and W_B (Eq. 17)."""
+    lambda_orth: float = 0.001
+    """Weight of sum_{i<j} ||W_A_i^T W_A_j||_F^2 over modules of the same phase and step."""
+
+    def __post_init__(self) -> None:
+        if self.num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+        n = len(self.phase_names)
+        if n < 1:
+            raise ValueError("phase_names must name at least one phase")
+        if len(set(self.phase_names)) != n:
+            raise ValueError(f"phase_names must be distinct, got {self.phase_names}")
+        for name in self.phase_names:
+            if not name.isidentifier():
+                raise ValueError(f"phase name {name!r} must be an identifier (letters, digits, _)")
+        if len(self.boundaries) != n - 1:
+            raise ValueError(f"{n} phases need {n - 1} boundaries, got {len(self.boundaries)}")
+        if len(self.ranks) != n or len(self.scales) != n:
+            raise ValueError(
+                f"{n} phases need {n} ranks and {n} scales, got {len(self.ranks)} and {len(self.scales)}"
+            )
+        if any(not 0.0 < b < 1.0 for b in self.boundaries):
+            raise ValueError(f"boundaries must lie in (0, 1), got {self.boundaries}")
+        if any(a <= b for a, b in pairwise(self.boundaries)):
+            raise ValueError(f"boundaries must be strictly decreasing, got {self.boundaries}")
+        if any(r < 1 for r in self.ranks):
+            raise ValueError(f"ranks must be >= 1, got {self.ranks}")
+        if self.modules_per_phase < 1:
+            raise ValueError(f"modules_per_phase must be >= 1, got {self.modules_per_phase}")
+        if self.time_embed_dim < 2 or self.time_embed_dim % 2:
+            raise ValueError(f"time_embed_dim must be even and >= 2, got {self.time_embed_dim}")
+        if self.lambda_rank < 0 or self.lambda_orth < 0:
+            raise ValueError("lambda_rank and lambda_orth must be >= 0")
+        if len(set(self.inject_layers)) != len(self.inject_layers):
+            raise ValueError(f"inject_layers has duplicates: {self.inject_layers}")
+        ranges = self.step_ranges()
+        for name, (lo, hi) in zip(self.phase_names, ranges):
+            if lo > hi:
+                raise ValueError(
+                    f"phase {name!r} covers no step with num_steps={self.num_steps} and "
+                    f"boundaries {self.boundaries}"
+                )
+
+    def cutoffs(self) -> list[int]:
+        """Integer cutoffs ``floor(T * b)`` (descending)."""
+        return [floor_cutoff(self.num_steps, b) for b in self.boundaries]
+
+    def step_ranges(self) -> list[tuple[int, int]]:
+        """Inclusive ``(first, last)`` step of each phase, first = smallest step."""
+        edges = [self.num_steps, *self.cutoffs(), 0]
+        return [(lo + 1, hi) for hi, lo in pairwise(edges)]
+
+    def phase_of(self, step: int) -> int:
+        """Index of the phase holding integer step ``step`` (1..T)."""
+        for index, (lo, hi) in enumerate(self.step_ranges()):
+            if lo <= step <= hi:
+                return index
+        raise ValueError(f"step {step} outside 1..{self.num_steps}")

@@ -1,0 +1,218 @@
+"""Layers of the trajectory adapter: step embedding, instruction encoding, one phase's modules.
+
+The perturbation of one phase at step t (DESIGN §2, paper Eqs. 13-16), for each of its k modules
+``i`` (shapes for a batch of N rows, L positions, width d, rank r, step-embedding width d_t)::
+
+    x     = [H ; Emb(t)]                                   (N, L, d + d_t)
+    u_i   = ReLU(W_B_i x)                                  (N, L, r)     W_B_i: (r, d + d_t)
+    gam_i = W_cond_i Enc(c) + b_cond_i                     (N, r)        W_cond_i: (r, d)
+    u'_i  = u_i * (1 + gam_i)        (FiLM, broadcast over L)
+    g_i   = W_A_i u'_i                                     (N, L, d)     W_A_i: (d, r)
+    delta = sigma_phase * sum_i g_i
+
+i.e. ``A_i(c) = W_A_i diag(1 + W_cond_i Enc(c) + b_cond_i)``: the conditional part of A_i(c) is
+``W_A_i diag(W_cond_i Enc(c) + b_cond_i)``, a rank-r-preserving FiLM scaling of the bottleneck
+units. ``W_A``, ``W_cond`` and ``b_cond`` start at zero (a fresh adapter is exactly the identity,
+and A_i(c) = W_A_i until conditioning is learned); ``W_B`` starts like ``nn.Linear`` (uniform
++-1/sqrt(d + d_t)).
+
+With ``share: step`` every step of the phase owns its k modules: each parameter carries a
+leading slot axis of length ``steps in phase`` (``1`` with ``share: phase``) and rows gather
+their slot's weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = [
+    "PhaseAdapter",
+    "effective_rank_of",
+    "instruction_encoding",
+    "nuclear_norm",
+    "sinusoidal_step_embedding",
+]
+
+
+def sinusoidal_step_embedding(
+    steps: torch.Tensor, dim: int, max_period: float = 10_000.0
+) -> torch.Tensor:
+    """Emb(t): integer steps (N,) -> (N, dim) = [sin(t w_j), cos(t w_j)], w_j = P^(-j/(dim/2))."""
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=steps.device) / half
+    )
+    angles = steps.to(torch.float32)[:, None] * freqs[None, :]  # (N, half)
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+
+
+def instruction_encoding(
+    hidden: torch.Tensor,
+    instruction_mask: torch.Tensor | None,
+    *,
+    input_ids: torch.Tensor,
+    mask_token_id: int,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Enc(c): mean of the base's hidden states (B, L, d) over the instruction tokens -> (B, d).
+
+    Which positions are averaged, per row:
+    1. ``instruction_mask`` (B, L) True positions (that are also attended to), when given;
+    2. otherwise (mask None, or a row without any True) the attended positions that are not
+       ``[MASK]`` (the uncorrupted part of x_t: the prompt plus already revealed tokens);
+    3. otherwise (a fully masked row) every attended position.
+    """
+    hidden = hidden.float()
+    batch, length, _ = hidden.shape
+    attended = (
+        torch.ones(batch, length, dtype=torch.bool, device=hidden.device)
+        if attention_mask is None
+        else attention_mask.to(torch.bool)
+    )
+    choice = attended & (input_ids != mask_token_id)
+    empty = ~choice.any(dim=1, keepdim=True)
+    choice = torch.where(empty, attended, choice)
+    if instruction_mask is not None:
+        inst = instruction_mask.to(torch.bool) & attended
+        has = inst.any(dim=1, keepdim=True)
+        choice = torch.where(has, inst, choice)
+    weights = choice.to(hidden.dtype)  # (B, L)
+    denom = weights.sum(dim=1, keepdim=True).clamp_min(1.0)
+    return torch.einsum("bl,bld->bd", weights, hidden) / denom
+
+
+def nuclear_norm(weight: torch.Tensor) -> torch.Tensor:
+    """Nuclear norm of each matrix in ``weight`` (..., m, n) -> (...), with a safe gradient.
+
+    Value: the sum of singular values (as ``torch.linalg.svdvals(w).sum(-1)``). Gradient: the
+    minimum-norm subgradient ``sum_k u_k v_k^T`` over singular values above the numerical rank
+    tolerance, computed as ``sum_k u_k^T W v_k`` with (u_k, v_k) held fixed. Plain ``svdvals``
+    returns an arbitrary ``U V^T`` at a zero matrix, which would push a freshly initialised
+    (zero) W_A in a random direction even where the data never reach it.
+    """
+    with torch.no_grad():
+        u, s, vh = torch.linalg.svd(weight.detach().float(), full_matrices=False)
+        tol = s.amax(dim=-1, keepdim=True) * max(weight.shape[-2:]) * torch.finfo(torch.float32).eps
+        u = (u * (s > tol).to(u.dtype)[..., None, :]).to(weight.dtype)
+        vh = vh.to(weight.dtype)
+    return torch.einsum("...mk,...mn,...kn->...", u, weight, vh)
+
+
+def effective_rank_of(matrix: torch.Tensor) -> float:
+    """Entropy effective rank exp(H(p)), p = singular values / their sum (paper Eq. 28).
+
+    0.0 for an all-zero matrix (no perturbation).
+    """
+    values = torch.linalg.svdvals(matrix.detach().double())
+    total = values.sum()
+    if total <= 0:
+        return 0.0
+    p = values / total
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+class PhaseAdapter(nn.Module):
+    """The k modules g_i of one phase (and, with ``share: step``, of each of its steps)."""
+
+    def __init__(
+        self,
+        *,
+        hidden_size: int,
+        time_embed_dim: int,
+        rank: int,
+        scale: float,
+        modules: int,
+        slots: int,
+        first_step: int,
+        conditioning: bool,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.time_embed_dim = time_embed_dim
+        self.rank = rank
+        self.scale = scale
+        self.modules_per_phase = modules
+        self.slots = slots
+        self.first_step = first_step
+        self.conditioning = conditioning
+        d, dt, r, k, s = hidden_size, time_embed_dim, rank, modules, slots
+        bound = 1.0 / math.sqrt(d + dt)
+        self.lora_B = nn.Parameter(
+            torch.empty(s, k, r, d + dt, device=device).uniform_(-bound, bound)
+        )
+        self.lora_A = nn.Parameter(torch.zeros(s, k, d, r, device=device))
+        if conditioning:
+            self.film_weight = nn.Parameter(torch.zeros(s, k, r, d, device=device))
+            self.film_bias = nn.Parameter(torch.zeros(s, k, r, device=device))
+        else:
+            self.film_weight = None
+            self.film_bias = None
+
+    def adapter_params(self) -> list[nn.Parameter]:
+        """This module's trainable parameters."""
+        params = [self.lora_B, self.lora_A]
+        if self.conditioning:
+            params += [self.film_weight, self.film_bias]
+        return params
+
+    def _weights(self, param: torch.Tensor, slot: torch.Tensor) -> tuple[torch.Tensor, str]:
+        """``param[0]`` and "" when shared by the phase, else ``param[slot]`` (per row) and "n"."""
+        if self.slots == 1:
+            return param[0], ""
+        return param[slot], "n"
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        temb: torch.Tensor,
+        cond: torch.Tensor | None,
+        steps: torch.Tensor,
+    ) -> torch.Tensor:
+        """delta = sigma * sum_i g_i: hidden (N, L, d) fp32, temb (N, d_t), cond (N, d), steps (N,)."""
+        d = self.hidden_size
+        slot = (steps - self.first_step).clamp(0, self.slots - 1)
+        w_b, n = self._weights(self.lora_B, slot)  # ([N,] k, r, d + d_t)
+        u = torch.einsum(f"nld,{n}krd->nklr", hidden, w_b[..., :d])  # (N, k, L, r)
+        u = u + torch.einsum(f"nt,{n}krt->nkr", temb, w_b[..., d:])[:, :, None, :]
+        u = torch.relu(u)
+        if self.conditioning and cond is not None:
+            w_c, _ = self._weights(self.film_weight, slot)  # ([N,] k, r, d)
+            b_c, _ = self._weights(self.film_bias, slot)  # ([N,] k, r)
+            gamma = torch.einsum(f"nd,{n}krd->nkr", cond, w_c) + b_c  # (N, k, r)
+            u = u * (1.0 + gamma[:, :, None, :])
+        w_a, _ = self._weights(self.lora_A, slot)  # ([N,] k, d, r)
+        delta = torch.einsum(f"nklr,{n}kdr->nld", u, w_a)  # (N, L, d)
+        return self.scale * delta
+
+    # -- per-module views for the regularisers and diagnostics
+    def nuclear_norm_sum(self) -> torch.Tensor:
+        """sum over modules (slots x k) of ||W_A||_* + ||W_B||_* (see :func:`nuclear_norm`)."""
+        return nuclear_norm(self.lora_A).sum() + nuclear_norm(self.lora_B).sum()
+
+    def orthogonality(self) -> torch.Tensor:
+        """sum over slots and pairs i < j of its k modules of ||W_A_i^T W_A_j||_F^2."""
+        k = self.modules_per_phase
+        if k < 2:
+            return self.lora_A.new_zeros(())
+        gram = torch.einsum("sidr,sjdq->sijrq", self.lora_A, self.lora_A)  # (S, k, k, r, r)
+        sq = gram.pow(2).sum(dim=(-1, -2))  # (S, k, k)
+        upper = torch.triu(torch.ones(k, k, dtype=torch.bool, device=sq.device), diagonal=1)
+        return sq[:, upper].sum()
+
+    def perturbation_effective_ranks(self) -> list[float]:
+        """Effective rank of W_A W_B (d x (d + d_t)) for each module (slots x k).
+
+        Computed from the r x r core: with W_A = Q_a R_a and W_B^T = Q_b R_b (thin QR),
+        W_A W_B = Q_a (R_a R_b^T) Q_b^T has the singular values of R_a R_b^T.
+        """
+        a = self.lora_A.detach().double().flatten(0, 1)  # (M, d, r)
+        b = self.lora_B.detach().double().flatten(0, 1)  # (M, r, d + d_t)
+        _, r_a = torch.linalg.qr(a)
+        _, r_b = torch.linalg.qr(b.transpose(-1, -2))
+        core = r_a @ r_b.transpose(-1, -2)  # (M, r, r)
+        return [effective_rank_of(c) for c in core]

@@ -1,0 +1,293 @@
+"""The trajectory adapter attached to a frozen base (LoRA-Diffusion, DESIGN §2).
+
+``H' = H + sum_i sigma(t) g_i(H, t, c)``, logits = head(H'), with the phase of step t choosing the
+modules, rank and sigma (see :mod:`ldp.methods.lora_diffusion.layer` for g_i and the FiLM formula).
+
+Injection sites: ``final`` (always) and, with ``inject_layers``, the residual stream after each
+chosen block (a forward hook on ``base.blocks()[i]``), each site with its own phase modules.
+
+- Final state only (default): the frozen base runs under ``torch.no_grad()`` (optionally bf16
+  autocast), so it holds no gradient, optimiser state or saved activations; the adapter runs in
+  fp32 with autocast disabled. Enc(c) comes from the same base pass.
+- With ``inject_layers``: Enc(c) needs the *unperturbed* final states, so a first base pass runs
+  without the hooks under ``no_grad`` (skipped when ``conditioning`` is off); the second pass
+  runs with the hooks and autograd (backprop from the lowest chosen block up).
+
+The base is a fixed feature extractor here: it is kept in eval mode (no dropout) even when the
+adapted model is put in training mode.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ldp.errors import UsageError
+from ldp.methods.base import AdaptedModel, resolve_steps
+from ldp.methods.lora_diffusion.config import LoraDiffusionConfig
+from ldp.methods.lora_diffusion.layer import (
+    PhaseAdapter,
+    instruction_encoding,
+    sinusoidal_step_embedding,
+)
+
+__all__ = ["LoraDiffusionModel", "attach"]
+
+
+@dataclass
+class _StepContext:
+    steps: torch.Tensor  # (B,) long
+    phase: torch.Tensor  # (B,) long
+    temb: torch.Tensor  # (B, d_t) fp32
+    cond: torch.Tensor | None  # (B, d) fp32
+
+
+def _site_name(layer: int) -> str:
+    return f"layer{layer}"
+
+
+class LoraDiffusionModel(AdaptedModel):
+    """A frozen base plus trajectory adapters at the final state (and optionally inside)."""
+
+    method_name = "lora-diffusion"
+    peft_type = "LORA_DIFFUSION"
+
+    def __init__(self, base: nn.Module, config: LoraDiffusionConfig, *, base_hash: str) -> None:
+        super().__init__(base, config, base_hash=base_hash)
+        for p in base.parameters():
+            p.requires_grad_(False)
+        device = next(base.parameters()).device
+        blocks = base.blocks()
+        layers = []
+        for index in config.inject_layers:
+            if not -len(blocks) <= index < len(blocks):
+                raise UsageError(
+                    f"inject_layers: block {index} does not exist (the base has {len(blocks)})"
+                )
+            layers.append(index % len(blocks))
+        if len(set(layers)) != len(layers):
+            raise UsageError(f"inject_layers names the same block twice: {config.inject_layers}")
+        self.inject_layers = sorted(layers)
+        ranges = config.step_ranges()
+        self.register_buffer(
+            "_phase_of_step",
+            torch.tensor([0] + [config.phase_of(s) for s in range(1, config.num_steps + 1)]),
+            persistent=False,
+        )
+        self.sites = nn.ModuleDict()
+        for site in ["final", *(_site_name(i) for i in self.inject_layers)]:
+            phases = nn.ModuleDict()
+            for index, name in enumerate(config.phase_names):
+                lo, hi = ranges[index]
+                phases[name] = PhaseAdapter(
+                    hidden_size=base.hidden_size,
+                    time_embed_dim=config.time_embed_dim,
+                    rank=config.ranks[index],
+                    scale=config.scales[index],
+                    modules=config.modules_per_phase,
+                    slots=(hi - lo + 1) if config.share == "step" else 1,
+                    first_step=lo,
+                    conditioning=config.conditioning,
+                    device=device,
+                )
+            self.sites[site] = phases
+        self._context: _StepContext | None = None
+        self._hooks = [
+            blocks[i].register_forward_hook(self._make_hook(_site_name(i)))
+            for i in self.inject_layers
+        ]
+        base.eval()
+
+    # -- nn.Module
+    def train(self, mode: bool = True) -> LoraDiffusionModel:
+        super().train(mode)
+        self.base.eval()
+        return self
+
+    # -- the adapter
+    def phase_modules(self, site: str = "final") -> dict[str, PhaseAdapter]:
+        """The phase adapters of one site, by phase name."""
+        return dict(self.sites[site].items())
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [
+            p for site in self.sites.values() for m in site.values() for p in m.adapter_params()
+        ]
+
+    def _adapter_tensors(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for site, phases in self.sites.items():
+            for phase, module in phases.items():
+                for pname, param in module.named_parameters(recurse=False):
+                    out[f"{site}.{phase}.{pname}"] = param
+        return out
+
+    def step_plan(self, step: int) -> dict[str, float | int | str]:
+        """Phase name, rank and scale used at integer step ``step`` (for inspection and tests)."""
+        index = self.config.phase_of(step)
+        return {
+            "phase": self.config.phase_names[index],
+            "rank": self.config.ranks[index],
+            "scale": self.config.scales[index],
+        }
+
+    # -- forward
+    def _base_context(self, device: torch.device):
+        if self.config.base_dtype == "bf16":
+            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _perturb(self, site: str, hidden: torch.Tensor, ctx: _StepContext) -> torch.Tensor:
+        """delta (B, L, d) fp32 of one site: each row uses the modules of its step's phase."""
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            hidden = hidden.float()
+            phases = self.sites[site]
+            if bool((ctx.phase == ctx.phase[0]).all()):  # common case: one phase in the batch
+                module = phases[self.config.phase_names[int(ctx.phase[0])]]
+                return module(hidden, ctx.temb, ctx.cond, ctx.steps)
+            delta = torch.zeros_like(hidden)
+            for index, name in enumerate(self.config.phase_names):
+                rows = (ctx.phase == index).nonzero(as_tuple=True)[0]
+                if rows.numel() == 0:
+                    continue
+                cond = None if ctx.cond is None else ctx.cond[rows]
+                part = phases[name](hidden[rows], ctx.temb[rows], cond, ctx.steps[rows])
+                delta = delta.index_copy(0, rows, part)
+            return delta
+
+    def _make_hook(self, site: str):
+        def hook(module, args, output):
+            ctx = self._context
+            if ctx is None:
+                return None
+            hidden = output[0] if isinstance(output, tuple) else output
+            new = hidden + self._perturb(site, hidden, ctx).to(hidden.dtype)
+            return (new, *output[1:]) if isinstance(output, tuple) else new
+
+        return hook
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        t: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        steps: torch.Tensor | None = None,
+        instruction_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        cfg = self.config
+        batch = input_ids.shape[0]
+        steps = resolve_steps(t, steps, cfg.num_steps, batch, device=input_ids.device)
+        if t is None:
+            t = steps.to(torch.float32) / cfg.num_steps
+        temb = sinusoidal_step_embedding(steps, cfg.time_embed_dim)
+        phase = self._phase_of_step[steps]
+
+        def enc(hidden: torch.Tensor) -> torch.Tensor | None:
+            if not cfg.conditioning:
+                return None
+            return instruction_encoding(
+                hidden.detach(),
+                instruction_mask,
+                input_ids=input_ids,
+                mask_token_id=self.base.mask_token_id,
+                attention_mask=attention_mask,
+            )
+
+        if not self.inject_layers:
+            with torch.no_grad(), self._base_context(input_ids.device):
+                hidden = self.base.hidden_states(input_ids, t, attention_mask)
+            hidden = hidden.float()
+            ctx = _StepContext(steps, phase, temb, enc(hidden))
+            return hidden + self._perturb("final", hidden, ctx)
+
+        cond = None
+        if cfg.conditioning:
+            with torch.no_grad(), self._base_context(input_ids.device):
+                clean = self.base.hidden_states(input_ids, t, attention_mask)
+            cond = enc(clean)
+        ctx = _StepContext(steps, phase, temb, cond)
+        self._context = ctx
+        try:
+            with self._base_context(input_ids.device):
+                hidden = self.base.hidden_states(input_ids, t, attention_mask)
+        finally:
+            self._context = None
+        hidden = hidden.float()
+        return hidden + self._perturb("final", hidden, ctx)
+
+    def perturbation(
+        self,
+        hidden: torch.Tensor,
+        steps: torch.Tensor,
+        *,
+        input_ids: torch.Tensor,
+        instruction_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``sum_i sigma(t) g_i(H, t, c)`` (B, L, d) fp32 at the final site for given base states H.
+
+        For composition (DESIGN §2 "Router and composition"): one frozen-base forward gives H,
+        and each task adapter's perturbation is added with its weight,
+        ``H' = H + sum_j w_j perturbation_j(H, ...)``. Enc(c) is taken from H as in
+        :meth:`hidden_states`. Only for final-state adapters (no ``inject_layers``).
+        """
+        if self.inject_layers:
+            raise UsageError(
+                "perturbation() needs a final-state-only adapter (inject_layers is set)"
+            )
+        hidden = hidden.float()
+        steps = resolve_steps(
+            None, steps, self.config.num_steps, hidden.shape[0], device=hidden.device
+        )
+        cond = None
+        if self.config.conditioning:
+            cond = instruction_encoding(
+                hidden.detach(),
+                instruction_mask,
+                input_ids=input_ids,
+                mask_token_id=self.base.mask_token_id,
+                attention_mask=attention_mask,
+            )
+        temb = sinusoidal_step_embedding(steps, self.config.time_embed_dim)
+        ctx = _StepContext(steps, self._phase_of_step[steps], temb, cond)
+        return self._perturb("final", hidden, ctx)
+
+    # -- regularisers and diagnostics
+    def regularization(self) -> dict[str, torch.Tensor]:
+        """Eq. 17 terms, already weighted (add both to the denoising loss).
+
+        ``rank`` = lambda_rank * sum over every module (site, phase, step slot, i) of
+        ``||W_A||_* + ||W_B||_*``; ``orth`` = lambda_orth * sum over pairs i < j of modules that
+        act together (same site, phase and step slot) of ``||W_A_i^T W_A_j||_F^2``.
+        """
+        modules = [m for site in self.sites.values() for m in site.values()]
+        zero = modules[0].lora_A.new_zeros(())
+        rank = sum((m.nuclear_norm_sum() for m in modules), zero)
+        orth = sum((m.orthogonality() for m in modules), zero)
+        return {"rank": self.config.lambda_rank * rank, "orth": self.config.lambda_orth * orth}
+
+    def effective_rank(self) -> dict[str, float]:
+        """Per phase: mean entropy effective rank (Eq. 28) of W_A_i W_B_i over the phase's modules
+        (all sites, step slots and i). 0.0 while W_A is still zero."""
+        out = {}
+        for name in self.config.phase_names:
+            values = [
+                v for site in self.sites.values() for v in site[name].perturbation_effective_ranks()
+            ]
+            out[name] = float(sum(values) / len(values))
+        return out
+
+    def remove_hooks(self) -> None:
+        """Detach the residual-stream hooks from the base (the adapter then acts at H only)."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+
+
+def attach(base: nn.Module, config: LoraDiffusionConfig, *, base_hash: str) -> LoraDiffusionModel:
+    """Freeze ``base`` and attach a fresh (identity) trajectory adapter."""
+    return LoraDiffusionModel(base, config, base_hash=base_hash)

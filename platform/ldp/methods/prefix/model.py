@@ -1,0 +1,147 @@
+"""Prefix tuning (Li & Liang, 2021) for bidirectional denoisers, written by hand.
+
+Every block's self-attention gets P learned key/value vectors prepended to the sequence's keys and
+values; every query may attend to them. The weights are two tensors owned by this model,
+``prefix_keys`` and ``prefix_values``, each (layers, P, d) with d = heads x head_dim (the
+projected key/value space, so no re-parameterisation MLP). How they reach the attention:
+
+- native backbone (``ldp.models.native``): through its hook, ``SelfAttention.set_prefix_kv(fn)``
+  with ``fn(x) -> (k, v)`` of shape (B, heads, P, head_dim); the keys get no rotary embedding;
+- Hugging Face BERT-family encoders (the warm-started backbone): each self-attention module is
+  replaced by :class:`~ldp.methods.prefix.layer.PrefixSelfAttention`, which reuses the original
+  ``query``/``key``/``value`` Linear layers (the base's ``state_dict`` keys are unchanged).
+
+The self-attention module is the parent of ``base.block_parts().q``. The base is frozen.
+A fresh prefix is not the identity (see :class:`~ldp.methods.prefix.config.PrefixConfig`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ldp.errors import UsageError
+from ldp.methods.base import AdaptedModel
+from ldp.methods.prefix.config import PrefixConfig
+from ldp.methods.prefix.layer import PrefixSelfAttention, is_hf_self_attention
+
+__all__ = ["PrefixModel", "attach"]
+
+
+class PrefixModel(AdaptedModel):
+    method_name = "prefix"
+    peft_type = "PREFIX_LDP"
+
+    def __init__(self, base: nn.Module, config: PrefixConfig, *, base_hash: str) -> None:
+        super().__init__(base, config, base_hash=base_hash)
+        for p in base.parameters():
+            p.requires_grad_(False)
+        device = next(base.parameters()).device
+        blocks = base.blocks()
+        d = base.hidden_size
+        shape = (len(blocks), config.num_virtual_tokens, d)
+        token_init = config.init == "tokens" and device.type != "meta"
+        if token_init:  # drawn first: P random vocabulary ids, never [MASK]
+            ids = torch.randint(0, base.vocab_size - 1, (1, config.num_virtual_tokens))
+            ids = (ids + (ids >= base.mask_token_id).long()).to(device)
+        self.prefix_keys = nn.Parameter(
+            torch.empty(shape, device=device).normal_(0.0, config.init_std)
+        )
+        self.prefix_values = nn.Parameter(
+            torch.empty(shape, device=device).normal_(0.0, config.init_std)
+        )
+        self._undo: list = []
+        parts = base.block_parts()
+        parent_path = parts.q.rpartition(".")[0]
+        if token_init:
+            self._init_from_tokens(base, ids, parent_path, parts.k, parts.v)
+        for index, block in enumerate(blocks):
+            attention = block.get_submodule(parent_path) if parent_path else block
+            if hasattr(attention, "set_prefix_kv"):  # native hook
+                attention.set_prefix_kv(self._native_prefix(index, attention))
+                self._undo.append(lambda a=attention: a.set_prefix_kv(None))
+            elif is_hf_self_attention(attention):
+                owner_path, _, leaf = parent_path.rpartition(".")
+                owner = block.get_submodule(owner_path) if owner_path else block
+                replacement = PrefixSelfAttention(attention, self._hf_prefix(index))
+                setattr(owner, leaf, replacement)
+                self._undo.append(lambda o=owner, n=leaf, a=attention: setattr(o, n, a))
+            else:
+                raise UsageError(
+                    f"prefix: block {index}'s attention ({type(attention).__name__} at "
+                    f"{parent_path!r}) has neither a prefix_kv hook nor BERT-style query/key/value"
+                )
+
+    @torch.no_grad()
+    def _init_from_tokens(
+        self, base: nn.Module, ids: torch.Tensor, attention_path: str, k_path: str, v_path: str
+    ) -> None:
+        """Prefix k/v := the base's k/v projections of the attention inputs of tokens ``ids``."""
+        inputs: dict[int, torch.Tensor] = {}
+        handles = []
+        for index, block in enumerate(base.blocks()):
+            attention = block.get_submodule(attention_path) if attention_path else block
+
+            def grab(module, args, kwargs, index=index):
+                inputs[index] = args[0] if args else kwargs["hidden_states"]
+
+            handles.append(attention.register_forward_pre_hook(grab, with_kwargs=True))
+        was_training = base.training
+        base.eval()
+        try:
+            base.hidden_states(ids)
+        finally:
+            base.train(was_training)
+            for handle in handles:
+                handle.remove()
+        for index, block in enumerate(base.blocks()):
+            x = inputs[index].to(self.prefix_keys.dtype)  # (1, P, d)
+            self.prefix_keys[index].copy_(block.get_submodule(k_path)(x)[0])
+            self.prefix_values[index].copy_(block.get_submodule(v_path)(x)[0])
+
+    def _native_prefix(self, index: int, attention: nn.Module):
+        heads, head_dim = attention.num_heads, attention.head_dim
+
+        def prefix_kv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            b = x.shape[0]
+            p = self.config.num_virtual_tokens
+
+            def split(w: torch.Tensor) -> torch.Tensor:  # (P, d) -> (B, heads, P, head_dim)
+                return w.view(p, heads, head_dim).transpose(0, 1).unsqueeze(0).expand(b, -1, -1, -1)
+
+            return split(self.prefix_keys[index]), split(self.prefix_values[index])
+
+        return prefix_kv
+
+    def _hf_prefix(self, index: int):
+        def prefix() -> tuple[torch.Tensor, torch.Tensor]:
+            return self.prefix_keys[index], self.prefix_values[index]
+
+        return prefix
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        t: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        steps: torch.Tensor | None = None,
+        instruction_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.base.hidden_states(input_ids, t, attention_mask)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [self.prefix_keys, self.prefix_values]
+
+    def _adapter_tensors(self) -> dict[str, torch.Tensor]:
+        return {"prefix_keys": self.prefix_keys, "prefix_values": self.prefix_values}
+
+    def detach_from_base(self) -> None:
+        """Undo the hooks / replacements: the base computes exactly as before attaching."""
+        for undo in self._undo:
+            undo()
+        self._undo = []
+
+
+def attach(base: nn.Module, config: PrefixConfig, *, base_hash: str) -> PrefixModel:
+    return PrefixModel(base, config, base_hash=base_hash)

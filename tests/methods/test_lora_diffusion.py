@@ -1,0 +1,329 @@
+"""The trajectory adapter (DESIGN §2): identity at init, phases, FiLM, regularisers, rank."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from ldp.config import build
+from ldp.errors import UsageError
+from ldp.methods import get_method
+from ldp.methods.lora_diffusion import LoraDiffusionConfig, effective_rank_of
+from ldp.methods.lora_diffusion.layer import sinusoidal_step_embedding
+
+from .conftest import make_tiny
+
+SMALL = {"ranks": [8, 4, 2], "time_embed_dim": 16}
+
+
+def attach(base, **cfg):
+    method = get_method("lora-diffusion")
+    return method.attach(base, method.build_config({**SMALL, **cfg}))
+
+
+def randomise(model, std=0.3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.trainable_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+@pytest.mark.parametrize("share", ["phase", "step"])
+def test_fresh_adapter_is_exactly_the_base(tiny, batch, share):
+    ids, t, inst = batch
+    expected = tiny(ids, t)
+    model = attach(tiny, share=share, num_steps=30)
+    got = model(ids, t, instruction_mask=inst)
+    assert torch.equal(got, expected)
+    # and once the adapter is non-zero it is not
+    randomise(model)
+    assert not torch.allclose(model(ids, t, instruction_mask=inst), expected)
+
+
+def test_only_adapter_trains_and_base_is_bit_identical(tiny, batch):
+    ids, t, inst = batch
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    model = attach(tiny, num_steps=30, share="step")
+    params = model.trainable_parameters()
+    adapter_ids = {id(p) for p in params}
+    assert adapter_ids == {id(p) for p in model.sites.parameters()}
+    assert all(not p.requires_grad for p in tiny.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    start = [p.detach().clone() for p in params]
+    for _ in range(3):
+        logits = model(ids, t, instruction_mask=inst)
+        reg = model.regularization()
+        loss = (
+            torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids.flatten())
+            + reg["rank"]
+            + reg["orth"]
+        )
+        opt.zero_grad()
+        loss.backward()
+        assert all(p.grad is None for p in tiny.parameters())
+        opt.step()
+    # every parameter of the phases in use (t=0.9 -> early, t=0.2 -> late) moved: W_A first,
+    # then W_B and FiLM through it; the unused middle phase's W_A and FiLM stayed at zero
+    moved = {id(p) for a, p in zip(start, params) if not torch.equal(a, p.detach())}
+    phases = model.phase_modules()
+    for name in ("early", "late"):
+        assert {id(p) for p in phases[name].adapter_params()} <= moved
+    middle = phases["middle"]
+    assert not {id(middle.lora_A), id(middle.film_weight), id(middle.film_bias)} & moved
+    for k, v in tiny.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_phase_rank_and_scale_per_step_at_the_boundaries(tiny):
+    T = 30  # early t > 20, middle 11..20, late t <= 10
+    model = attach(tiny, num_steps=T, ranks=[6, 4, 2], scales=[1.0, 0.5, 0.25])
+    want = {30: "early", 21: "early", 20: "middle", 11: "middle", 10: "late", 1: "late"}
+    ranks = {"early": 6, "middle": 4, "late": 2}
+    scales = {"early": 1.0, "middle": 0.5, "late": 0.25}
+    for step, phase in want.items():
+        plan = model.step_plan(step)
+        assert plan == {"phase": phase, "rank": ranks[phase], "scale": scales[phase]}
+    # the module actually applied: only make the middle phase non-zero
+    for name, module in model.phase_modules().items():
+        assert module.rank == ranks[name] and module.scale == scales[name]
+    with torch.no_grad():
+        model.phase_modules()["middle"].lora_A.normal_()
+    ids = torch.randint(4, 40, (1, 6))
+    for step, phase in want.items():
+        steps = torch.tensor([step])
+        base_logits = tiny(ids, steps.float() / T)
+        changed_by_steps = not torch.equal(model(ids, steps=steps), base_logits)
+        changed_by_t = not torch.equal(model(ids, steps.float() / T), base_logits)
+        assert changed_by_steps == changed_by_t == (phase == "middle"), step
+
+
+def test_scale_multiplies_the_perturbation(batch):
+    ids, _, inst = batch
+    outs = []
+    for scale in (1.0, 0.25):
+        model = attach(make_tiny(), num_steps=30, scales=[scale, scale, scale])
+        randomise(model)
+        outs.append(
+            model.hidden_states(ids, steps=torch.tensor([25, 25]), instruction_mask=inst)
+            - make_tiny().hidden_states(ids, torch.tensor([25, 25]) / 30)
+        )
+    torch.testing.assert_close(outs[1], 0.25 * outs[0], rtol=1e-4, atol=1e-5)
+
+
+def test_perturbation_matches_the_written_formula(tiny, batch):
+    """H' = H + sigma * sum_i W_A_i (ReLU(W_B_i [H; Emb(t)]) * (1 + W_c_i Enc(c) + b_c_i))."""
+    ids, _, inst = batch
+    model = attach(tiny, num_steps=30, share="step")
+    randomise(model)
+    steps = torch.tensor([27, 5])
+    got = model.hidden_states(ids, steps=steps, instruction_mask=inst)
+    H = tiny.hidden_states(ids, steps.float() / 30)
+    for row in range(2):
+        step = int(steps[row])
+        plan = model.step_plan(step)
+        module = model.phase_modules()[plan["phase"]]
+        slot = step - module.first_step
+        enc = H[row][inst[row]].mean(0)
+        x = torch.cat(
+            [H[row], sinusoidal_step_embedding(steps[row : row + 1], 16).expand(12, -1)], -1
+        )
+        ref = H[row].clone()
+        for i in range(module.modules_per_phase):
+            u = torch.relu(x @ module.lora_B[slot, i].T)
+            gamma = module.film_weight[slot, i] @ enc + module.film_bias[slot, i]
+            ref = ref + plan["scale"] * (u * (1 + gamma)) @ module.lora_A[slot, i].T
+        torch.testing.assert_close(got[row], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_share_step_gives_each_step_its_own_modules(tiny):
+    model = attach(tiny, num_steps=30, share="step")
+    early = model.phase_modules()["early"]
+    assert early.lora_A.shape[0] == 10 and model.phase_modules()["middle"].lora_A.shape[0] == 10
+    with torch.no_grad():
+        early.lora_A[25 - early.first_step].normal_()  # only step 25's modules
+    ids = torch.randint(4, 40, (1, 6))
+    for step in (21, 24, 25, 26, 30):
+        base = tiny(ids, torch.tensor([step / 30]))
+        changed = not torch.equal(model(ids, steps=torch.tensor([step])), base)
+        assert changed == (step == 25)
+    phase_model = attach(make_tiny(), num_steps=30)
+    assert model.parameter_counts()["trainable"] == 10 * phase_model.parameter_counts()["trainable"]
+
+
+def test_film_conditioning_depends_on_the_instruction(batch):
+    ids, _, inst = batch
+    steps = torch.tensor([25, 25])
+    other = inst.clone()
+    other[:, :5] = False
+    other[:, 5:8] = True  # different tokens marked as the instruction
+    model = attach(make_tiny(), num_steps=30)
+    randomise(model)
+    a = model(ids, steps=steps, instruction_mask=inst)
+    b = model(ids, steps=steps, instruction_mask=other)
+    assert (a - b).abs().max() > 1e-3
+    # the instruction tokens' content matters too, at positions outside the instruction
+    ids2 = ids.clone()
+    ids2[:, 0] = (ids[:, 0] + 1 - 4) % 36 + 4
+    free = attach(make_tiny(), num_steps=30, conditioning=False)
+    randomise(free)
+    # without conditioning the instruction mask is ignored entirely
+    assert torch.equal(
+        free(ids, steps=steps, instruction_mask=inst),
+        free(ids, steps=steps, instruction_mask=other),
+    )
+    # None falls back to the unmasked positions (here: the first 8)
+    fallback = inst.clone()
+    fallback[:, :8] = True
+    assert torch.equal(model(ids, steps=steps), model(ids, steps=steps, instruction_mask=fallback))
+
+
+def _naive_regularisers(model):
+    rank = 0.0
+    orth = 0.0
+    for phases in model.sites.values():
+        for module in phases.values():
+            S, k = module.lora_A.shape[:2]
+            for s in range(S):
+                for i in range(k):
+                    rank += torch.linalg.svdvals(module.lora_A[s, i]).sum()
+                    rank += torch.linalg.svdvals(module.lora_B[s, i]).sum()
+                    for j in range(i + 1, k):
+                        orth += (
+                            torch.linalg.matrix_norm(module.lora_A[s, i].T @ module.lora_A[s, j])
+                            ** 2
+                        )
+    return model.config.lambda_rank * rank, model.config.lambda_orth * orth
+
+
+@pytest.mark.parametrize("share", ["phase", "step"])
+def test_regularisers_match_a_naive_reference(tiny, share):
+    model = attach(
+        tiny, num_steps=6, share=share, modules_per_phase=3, lambda_rank=0.02, lambda_orth=0.5
+    )
+    randomise(model)
+    reg = model.regularization()
+    rank, orth = _naive_regularisers(model)
+    torch.testing.assert_close(reg["rank"], rank, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(reg["orth"], orth, rtol=1e-5, atol=1e-6)
+    assert reg["orth"] > 0
+    (reg["rank"] + reg["orth"]).backward()
+    assert all(
+        p.grad is not None and torch.isfinite(p.grad).all()
+        for p in model.trainable_parameters()[:2]
+    )
+
+
+def test_regularisers_are_finite_and_differentiable_at_init(tiny):
+    model = attach(tiny, num_steps=30)
+    reg = model.regularization()
+    assert float(reg["orth"].detach()) == 0.0
+    (reg["rank"] + reg["orth"]).backward()
+    for p in model.trainable_parameters():
+        if p.grad is not None:
+            assert torch.isfinite(p.grad).all()
+
+
+def test_effective_rank_of_known_matrices():
+    assert effective_rank_of(torch.diag(torch.tensor([1.0, 1.0, 1.0, 0.0]))) == pytest.approx(3.0)
+    p = torch.tensor([0.75, 0.25])
+    assert effective_rank_of(torch.diag(torch.tensor([3.0, 1.0]))) == pytest.approx(
+        float(torch.exp(-(p * p.log()).sum()))
+    )
+    q, _ = torch.linalg.qr(torch.randn(6, 6))
+    assert effective_rank_of(q @ torch.diag(torch.tensor([2.0, 2, 0, 0, 0, 0]))) == pytest.approx(
+        2.0
+    )
+    assert effective_rank_of(torch.zeros(3, 4)) == 0.0
+
+
+def test_effective_rank_per_phase_matches_svd_of_the_product(tiny):
+    model = attach(tiny, num_steps=30)
+    assert model.effective_rank() == {"early": 0.0, "middle": 0.0, "late": 0.0}
+    randomise(model)
+    with torch.no_grad():  # make "late" exactly rank 1 in each module
+        late = model.phase_modules()["late"]
+        late.lora_A[..., 1:] = 0
+    got = model.effective_rank()
+    assert got["late"] == pytest.approx(1.0)
+    middle = model.phase_modules()["middle"]
+    ref = [
+        effective_rank_of(middle.lora_A[0, i].double() @ middle.lora_B[0, i].double())
+        for i in range(2)
+    ]
+    assert got["middle"] == pytest.approx(sum(ref) / 2, rel=1e-6)
+    assert 1.0 < got["early"] <= 8.0
+
+
+def test_inject_layers_identity_then_gradients_through_the_base(tiny, batch):
+    ids, t, inst = batch
+    expected = tiny(ids, t)
+    model = attach(tiny, num_steps=30, inject_layers=[0, -1])
+    assert set(model.sites) == {"final", "layer0", "layer1"}
+    assert torch.equal(model(ids, t, instruction_mask=inst), expected)
+    randomise(model)
+    out = model(ids, t, instruction_mask=inst)
+    out.sum().backward()
+    layer0 = model.phase_modules("layer0")
+    assert any(m.lora_A.grad is not None and m.lora_A.grad.abs().sum() > 0 for m in layer0.values())
+    assert all(p.grad is None for p in tiny.parameters())
+    # the hooks are inert outside the adapted forward
+    assert torch.equal(tiny(ids, t), expected)
+
+
+def test_bf16_base_keeps_adapter_math_in_fp32(tiny, batch):
+    ids, t, inst = batch
+    model = attach(tiny, num_steps=30, base_dtype="bf16")
+    randomise(model)
+    hidden = model.hidden_states(ids, t, instruction_mask=inst)
+    assert hidden.dtype == torch.float32
+    ref = attach(make_tiny(), num_steps=30)
+    randomise(ref)
+    torch.testing.assert_close(
+        hidden, ref.hidden_states(ids, t, instruction_mask=inst), rtol=0.1, atol=0.1
+    )
+
+
+def test_step_resolution_and_errors(tiny):
+    model = attach(tiny, num_steps=30)
+    ids = torch.randint(4, 40, (2, 5))
+    with pytest.raises(UsageError, match="diffusion step"):
+        model(ids)
+    with pytest.raises(UsageError, match="1..30"):
+        model(ids, steps=torch.tensor([0, 3]))
+    with pytest.raises(UsageError, match="integer"):
+        model(ids, steps=torch.tensor([1.0, 3.0]))
+    with pytest.raises(UsageError, match="block 5"):
+        attach(make_tiny(), inject_layers=[5])
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"ranks": [8, 4]}, "3 ranks"),
+        ({"boundaries": [0.3, 0.6]}, "decreasing"),
+        ({"boundaries": [0.59, 0.51], "num_steps": 10}, "covers no step"),
+        ({"share": "layer"}, "share"),
+        ({"phase_names": ["a", "b.c", "d"]}, "identifier"),
+        ({"rank": 3}, "unknown config key"),
+    ],
+)
+def test_bad_configs_are_refused(data, message):
+    with pytest.raises(UsageError, match=message):
+        build(LoraDiffusionConfig, data)
+
+
+def test_perturbation_composes_on_one_base_forward(batch):
+    """H + w1 * delta_1 + w2 * delta_2 from one base pass; w = (1, 0) gives adapter 1 exactly."""
+    ids, _, inst = batch
+    base = make_tiny()
+    one, two = attach(base, num_steps=30), None
+    randomise(one, seed=1)
+    two = get_method("lora-diffusion").attach(make_tiny(), one.config)
+    randomise(two, seed=2)
+    steps = torch.tensor([28, 12])
+    H = base.hidden_states(ids, steps / 30)
+    d1 = one.perturbation(H, steps, input_ids=ids, instruction_mask=inst)
+    d2 = two.perturbation(H, steps, input_ids=ids, instruction_mask=inst)
+    torch.testing.assert_close(H + d1, one.hidden_states(ids, steps=steps, instruction_mask=inst))
+    assert not torch.allclose(d1, d2)
+    mixed = H + 0.5 * d1 + 0.5 * d2
+    assert mixed.shape == H.shape

@@ -1,0 +1,71 @@
+"""Weight LoRA through peft: full target coverage, peft-loadable artifacts."""
+
+from __future__ import annotations
+
+import peft
+import pytest
+import torch
+from ldp.errors import UsageError
+from ldp.methods import get_method, load_adapter
+from peft.tuners.lora import LoraLayer
+
+from .conftest import BACKBONES, make_native
+
+METHOD = get_method("weight-lora")
+
+
+@pytest.mark.parametrize("backbone", ["native", "bert"])
+def test_peft_from_pretrained_loads_the_artifact_with_identical_logits(tmp_path, backbone):
+    make = BACKBONES[backbone]
+    model = METHOD.attach(make(0), METHOD.build_config({"r": 4, "alpha": 16.0}))
+    with torch.no_grad():
+        for p in model.trainable_parameters():
+            p.normal_(0, 0.2)
+    ids = torch.randint(4, 64, (2, 9))
+    t = torch.tensor([0.3, 0.8])
+    expected = model(ids, t)
+    assert not torch.allclose(expected, make(0)(ids, t))
+    folder = model.save_adapter(tmp_path / "lora", base_name="bases/tiny@1")
+
+    with pytest.warns(UserWarning, match="Unexpected keyword arguments"):  # our ldp_* keys
+        peft_model = peft.PeftModel.from_pretrained(make(0), str(folder))
+    peft_model.eval()
+    assert torch.equal(peft_model(ids, t), expected)
+    assert peft_model.peft_config["default"].r == 4
+
+    ours = load_adapter(make(0), folder)
+    assert torch.equal(ours(ids, t), expected)
+    # loaded adapters stay trainable (training can resume from an artifact)
+    assert all(p.requires_grad for p in ours.trainable_parameters())
+
+
+def test_default_config_targets_q_k_v_o_of_every_layer_with_rank_64():
+    base = make_native()
+    model = METHOD.attach(base)
+    layers = [m for m in base.modules() if isinstance(m, LoraLayer)]
+    assert len(layers) == 4 * len(base.blocks())
+    assert all(m.lora_A["default"].weight.shape == (64, 32) for m in layers)
+    assert model.parameter_counts()["trainable"] == len(layers) * 2 * 64 * 32
+
+
+def test_missing_target_module_is_refused_not_silently_skipped():
+    base = make_native()
+    del base.layers[1].attn.o_proj  # one of the 8 intended targets no longer exists
+    with pytest.raises(UsageError, match="matched 7 of 8 target modules"):
+        METHOD.attach(base)
+
+
+def test_no_target_at_all_is_refused():
+    base = make_native()
+    for block in base.layers:
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            delattr(block.attn, name)
+    with pytest.raises(UsageError, match="weight-lora"):
+        METHOD.attach(base)
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(UsageError, match="unknown projection"):
+        METHOD.build_config({"targets": ["q", "gate"]})
+    with pytest.raises(UsageError, match="r must be"):
+        METHOD.build_config({"r": 0})
