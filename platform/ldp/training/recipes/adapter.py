@@ -1,0 +1,183 @@
+"""Recipe: train one task adapter (any ``--method``) on a frozen base.
+
+The same ``build``/``export`` pair runs in one plain process (``ldp.jobs.recipe.train_locally``,
+the unit tests) and inside every Ray Train worker under DeepSpeed (``ldp.jobs.runner``). Every
+input is in :class:`AdapterConfig`, so a job is fully described by one YAML document.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ldp.config import build as build_config
+from ldp.config import to_dict
+from ldp.diffusion import DiffusionConfig, training_loss
+from ldp.errors import UsageError
+from ldp.training.loader import ResumableLoader
+from ldp.training.optim import OptimConfig
+from ldp.training.trainer import LoopConfig
+
+__all__ = ["AdapterConfig", "EvalConfig", "validate", "build", "export", "make_loss_fn", "load_model"]
+
+
+@dataclass
+class EvalConfig:
+    split: str = "validation"
+    """Split scored after training (``validation`` or ``test``)."""
+    limit: int | None = 200
+    """Examples scored (None: the whole split)."""
+    mode: Literal["auto", "generate", "likelihood"] = "auto"
+    """auto: verbaliser likelihood (ELBO) for classification, generation otherwise."""
+    steps: int | None = None
+    """Sampling steps for generation (default: the diffusion T, capped by the answer length)."""
+    elbo_samples: int = 4
+    """Monte-Carlo samples per candidate in likelihood mode."""
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.split not in ("train", "validation", "test"):
+            raise ValueError(f"eval.split must be train, validation or test, got {self.split!r}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError("eval.limit must be >= 1")
+
+
+@dataclass
+class AdapterConfig:
+    task: str = "sst2"
+    """Task key (``ldp tasks``)."""
+    method: str = "lora-diffusion"
+    """Adaptation method: lora-diffusion, weight-lora, prefix, adapters, bitfit, full."""
+    base: str = "bases/tiny@latest"
+    """The frozen base: a registry reference or a local folder."""
+    registry: str | None = None
+    """Registry URL for ``base`` (default LDP_REGISTRY or the local one)."""
+    data_dir: str | None = None
+    """Data mirror (default LDP_DATA_DIR, else the hub)."""
+    method_config: dict[str, Any] = field(default_factory=dict)
+    """The method's own config (validated by the method's config class)."""
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(max_steps=300, batch_size=16))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=20))
+    max_prompt_len: int | None = None
+    """Prompt token budget (default: the task's)."""
+    max_target_len: int | None = None
+    """Answer token budget (default: the task's generation length)."""
+    train_limit: int | None = None
+    """Use at most this many training examples."""
+    val_limit: int | None = 64
+    """Validation examples for the periodic validation loss."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        from ldp.data.tasks import get_task
+        from ldp.methods import get_method
+
+        get_task(self.task)  # raises UsageError for an unknown task
+        get_method(self.method).build_config(self.method_config)
+
+
+def validate(config: dict[str, Any]) -> AdapterConfig:
+    """Build and check the whole config before anything runs (raises UsageError)."""
+    return build_config(AdapterConfig, config)
+
+
+def make_loss_fn(cfg: AdapterConfig):
+    """``loss_fn(model, batch, generator)``: the diffusion loss with the batch's instruction
+    context bound, plus the method's regularisers (lora-diffusion's Eq. 17 terms)."""
+
+    def loss_fn(model, batch, generator):
+        inner = getattr(model, "module", model)  # a DeepSpeed engine wraps the model
+        instruction = batch.get("instruction_mask")
+
+        def hidden_fn(x_t, t_norm, attention_mask):
+            return inner.hidden_states(x_t, t_norm, attention_mask, instruction_mask=instruction)
+
+        loss, stats = training_loss(inner, batch, cfg.diffusion, generator=generator, hidden_fn=hidden_fn)
+        regularization = getattr(inner, "regularization", None)
+        if regularization is not None:
+            terms = regularization()
+            for name, value in terms.items():
+                loss = loss + value
+                stats[f"reg_{name}"] = float(value.detach())
+        return loss, stats
+
+    return loss_fn
+
+
+def load_model(cfg: AdapterConfig):
+    """``(adapted model, tokenizer, base source, base hash)`` with a fresh adapter attached."""
+    from ldp.bases import resolve_base
+    from ldp.methods import attach, base_fingerprint
+    from ldp.models.loading import load_base
+
+    source = resolve_base(cfg.base, cfg.registry)
+    base, tokenizer = load_base(source.folder)
+    base_hash = base_fingerprint(base)
+    torch.manual_seed(cfg.loop.seed)  # identical adapter init on every rank
+    model = attach(base, cfg.method, cfg.method_config, base_hash=base_hash)
+    return model, tokenizer, source, base_hash
+
+
+def _datasets(cfg: AdapterConfig, tokenizer: Any):
+    from ldp.data.collate import build_sft_dataset
+
+    kw = dict(max_prompt_len=cfg.max_prompt_len, max_target_len=cfg.max_target_len)
+    train = build_sft_dataset(cfg.task, "train", tokenizer, cfg.data_dir, limit=cfg.train_limit, **kw)
+    val = build_sft_dataset(cfg.task, "validation", tokenizer, cfg.data_dir, limit=cfg.val_limit, **kw)
+    return train, val
+
+
+def build(config: dict[str, Any], rank: int, world_size: int):
+    """The recipe's ``build`` (see ``ldp.jobs.recipe``)."""
+    from ldp.data.collate import SFTCollator
+    from ldp.jobs.recipe import Built
+
+    cfg = validate(config)
+    model, tokenizer, source, base_hash = load_model(cfg)
+    train, val = _datasets(cfg, tokenizer)
+    collate = SFTCollator(tokenizer)
+    loader = ResumableLoader(
+        train, cfg.loop.batch_size, collate, seed=cfg.loop.seed, rank=rank, world_size=world_size
+    )
+    val_rows = [val[i] for i in range(len(val))]
+    val_batches = [
+        collate(val_rows[i : i + cfg.loop.batch_size]) for i in range(0, len(val_rows), cfg.loop.batch_size)
+    ]
+    return Built(
+        model=model,
+        named_trainable=model.named_trainable_parameters(),
+        loss_fn=make_loss_fn(cfg),
+        train_loader=loader,
+        loop=cfg.loop,
+        optim=cfg.optim,
+        val_batches=lambda: val_batches,
+        extra={"cfg": cfg, "tokenizer": tokenizer, "source": source, "base_hash": base_hash},
+    )
+
+
+def export(built, trainable_state: dict[str, torch.Tensor], folder: Path) -> None:
+    """Write the adapter (peft file names, safetensors) from the gathered trainable weights."""
+    model = built.model
+    named = dict(model.named_parameters())
+    missing = [n for n in built.named_trainable if n not in trainable_state]
+    if missing:
+        raise UsageError(f"gathered state lacks {missing[0]!r}")
+    with torch.no_grad():
+        for name in built.named_trainable:
+            value = trainable_state[name]
+            if value.numel() != named[name].numel():
+                raise UsageError(f"gathered tensor {name!r} has {value.numel()} elements, expected {named[name].numel()}")
+            named[name].copy_(value.reshape(named[name].shape).to(named[name].dtype))
+    cfg: AdapterConfig = built.extra["cfg"]
+    source = built.extra["source"]
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_adapter(folder, base_name=source.ref, base_hash=built.extra["base_hash"])
+    (folder / "job_config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    if source.digest:
+        (folder / "base.json").write_text(json.dumps({"ref": source.ref, "digest": source.digest}))
