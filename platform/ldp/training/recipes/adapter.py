@@ -8,7 +8,7 @@ input is in :class:`AdapterConfig`, so a job is fully described by one YAML docu
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -78,7 +78,17 @@ class AdapterConfig:
         from ldp.methods import get_method
 
         get_task(self.task)  # raises UsageError for an unknown task
-        get_method(self.method).build_config(self.method_config)
+        method = get_method(self.method)
+        if "num_steps" in {f.name for f in fields(method.config_cls)}:
+            # Step-adaptive methods must see the same T as the diffusion process.
+            given = self.method_config.get("num_steps", self.diffusion.num_steps)
+            if given != self.diffusion.num_steps:
+                raise ValueError(
+                    f"method_config.num_steps={given} differs from diffusion.num_steps="
+                    f"{self.diffusion.num_steps}"
+                )
+            self.method_config = {**self.method_config, "num_steps": self.diffusion.num_steps}
+        method.build_config(self.method_config)
 
 
 def validate(config: dict[str, Any]) -> AdapterConfig:

@@ -52,6 +52,8 @@ class PretrainConfig:
     num_samples: int = 2
     """Texts to generate after training (shown and saved in metrics.json)."""
     sample_len: int = 32
+    model: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the native size preset (e.g. ``hidden_size: 64``); ignored with ``init``."""
     name: str | None = None
     """Registry name (``bases/<name>``); default the size (a warm start of ``tiny`` is ``tiny``)."""
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -87,7 +89,7 @@ def build_base(cfg: PretrainConfig) -> tuple[torch.nn.Module, Any]:
 
     if cfg.init:
         return warm_start(resolve_init(cfg.init))
-    config = size_config(cfg.size)
+    config = size_config(cfg.size, **cfg.model)
     tokenizer = default_tokenizer(getattr(config, "tokenizer", None))
     if config.max_position_embeddings < cfg.block_len:
         raise UsageError(f"block_len {cfg.block_len} exceeds the {cfg.size} max length")

@@ -1,0 +1,215 @@
+"""``ldp bench``: the efficiency table (paper Table 9), every method measured side by side.
+
+Each method is measured in a fresh subprocess (``python -m ldp.bench METHOD ...``) so one
+method's peak memory cannot hide another's. Per method, on the same base, batch and sequence:
+
+- ``step_s``: median wall time of a training step (forward, loss, backward, optimiser) after
+  warm-up;
+- ``peak_bytes``: peak resident memory of the process above its resident memory once the model
+  and batch are built (the training step's own cost: activations, gradients, optimiser state);
+  ``peak_rss_bytes`` is the absolute high-water mark;
+- ``gen_latency_s``: median time to generate one response (batch 1);
+- ``trainable_params`` / ``trainable_pct``; ``adapter_bytes``: the saved adapter's weight file.
+
+``frozen-forward`` measures the frozen base's forward alone (no autograd, the same precision as
+the lora-diffusion adapter's base forward), the floor any adapter step can reach.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BenchConfig", "run_bench", "measure_method", "ratios"]
+
+FROZEN = "frozen-forward"
+
+
+@dataclass
+class BenchConfig:
+    size: str = "tiny"
+    base: str | None = None
+    """A registry reference or folder; default: a fresh native base of ``size``."""
+    registry: str | None = None
+    batch: int = 16
+    seq: int = 128
+    response: int = 16
+    """Response (scored) tokens at the end of each sequence; the rest is prompt."""
+    warmup: int = 3
+    steps: int = 10
+    gen_length: int = 16
+    gen_steps: int = 16
+    base_dtype: str = "bf16"
+    """Precision of the frozen base's forward for lora-diffusion and frozen-forward."""
+    threads: int | None = None
+
+
+def _rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def _build_base(cfg: BenchConfig):
+    import torch
+
+    if cfg.base:
+        from ldp.bases import resolve_base
+        from ldp.models.loading import load_base
+
+        base, _ = load_base(resolve_base(cfg.base, cfg.registry).folder)
+        return base
+    from ldp.models.native import DiffusionTransformer
+    from ldp.models.sizes import size_config
+
+    torch.manual_seed(0)
+    return DiffusionTransformer(size_config(cfg.size)).eval()
+
+
+def measure_method(method: str, cfg: BenchConfig) -> dict[str, Any]:
+    """Measure one method in this process (call it in a fresh one)."""
+    import torch
+
+    from ldp.diffusion import DiffusionConfig, sample, training_loss
+    from ldp.methods import attach
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    base = _build_base(cfg)
+    vocab = base.vocab_size
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, vocab, (cfg.batch, cfg.seq), generator=g)
+    response = torch.zeros(cfg.batch, cfg.seq, dtype=torch.bool)
+    response[:, -cfg.response :] = True
+    instruction = ~response
+    batch = {"input_ids": ids, "response_mask": response}
+    diffusion = DiffusionConfig()
+    total_base = sum(p.numel() for p in base.parameters())
+
+    if method == FROZEN:
+        dtype = torch.bfloat16 if cfg.base_dtype == "bf16" else torch.float32
+        for p in base.parameters():
+            p.requires_grad_(False)
+
+        def step() -> None:
+            with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+                base.hidden_states(ids, torch.full((cfg.batch,), 0.5))
+
+        result: dict[str, Any] = {"trainable_params": 0, "trainable_pct": 0.0, "adapter_bytes": 0}
+        gen_latency = None
+    else:
+        method_cfg = {"base_dtype": cfg.base_dtype} if method == "lora-diffusion" else None
+        model = attach(base, method, method_cfg)
+        params = model.trainable_parameters()
+        optimizer = torch.optim.AdamW(params, lr=1e-4)
+        reg = getattr(model, "regularization", None)
+        gen = torch.Generator().manual_seed(1)
+
+        def hidden_fn(x, t, a):
+            return model.hidden_states(x, t, a, instruction_mask=instruction)
+
+        def step() -> None:
+            loss, _ = training_loss(model, batch, diffusion, generator=gen, hidden_fn=hidden_fn)
+            if reg is not None:
+                loss = loss + sum(reg().values())
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        n_train = sum(p.numel() for p in params)
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save_adapter(Path(tmp), base_name="bench", base_hash="bench")
+            weights = [p for p in Path(tmp).iterdir() if p.suffix == ".safetensors"]
+            adapter_bytes = sum(p.stat().st_size for p in weights)
+        result = {
+            "trainable_params": n_train,
+            "trainable_pct": 100.0 * n_train / max(1, total_base + (n_train if method != "full" else 0)),
+            "adapter_bytes": adapter_bytes,
+        }
+        gen_latency = model
+
+    baseline = _rss_bytes()
+    for _ in range(cfg.warmup):
+        step()
+    times = []
+    for _ in range(cfg.steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    peak = _rss_bytes()
+    result.update(step_s=statistics.median(times), peak_bytes=max(0, peak - baseline), peak_rss_bytes=peak)
+
+    if gen_latency is not None:
+        model = gen_latency
+        model.eval()
+        prompt = ids[:1, : cfg.seq - cfg.gen_length]
+        instr = torch.cat([torch.ones_like(prompt, dtype=torch.bool), torch.zeros(1, cfg.gen_length, dtype=torch.bool)], 1)
+        lat = []
+        for _ in range(3):
+            start = time.perf_counter()
+            sample(model, prompt, cfg.gen_length, diffusion, steps=cfg.gen_steps, seed=0,
+                   logits_fn=lambda x, t: model(x, t, None, instruction_mask=instr))
+            lat.append(time.perf_counter() - start)
+        result["gen_latency_s"] = statistics.median(lat)
+    else:
+        result["gen_latency_s"] = None
+    return result
+
+
+def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """The headline ratios of lora-diffusion against weight-lora and the frozen forward."""
+
+    def r(a: str, b: str, key: str) -> float | None:
+        x, y = results.get(a, {}).get(key), results.get(b, {}).get(key)
+        return round(x / y, 4) if x is not None and y else None
+
+    return {
+        "step_vs_weight_lora": r("lora-diffusion", "weight-lora", "step_s"),
+        "step_vs_frozen_forward": r("lora-diffusion", FROZEN, "step_s"),
+        "peak_vs_weight_lora": r("lora-diffusion", "weight-lora", "peak_bytes"),
+        "bytes_vs_weight_lora": r("lora-diffusion", "weight-lora", "adapter_bytes"),
+    }
+
+
+def run_bench(methods: list[str], cfg: BenchConfig, *, log=print) -> dict[str, Any]:
+    """Measure ``methods`` (plus the frozen forward) each in a fresh subprocess."""
+    results: dict[str, dict[str, Any]] = {}
+    for method in [FROZEN, *methods]:
+        log(f"measuring {method} ...")
+        proc = subprocess.run(
+            [sys.executable, "-m", "ldp.bench", method, json.dumps(asdict(cfg))],
+            capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+        )
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        if proc.returncode != 0 or not lines:
+            from ldp.errors import LdpError
+
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise LdpError(f"bench of {method} failed: {tail}")
+        results[method] = json.loads(lines[-1])
+    frozen = results.pop(FROZEN)
+    out = {
+        "config": asdict(cfg),
+        "frozen_forward_s": frozen["step_s"],
+        "methods": results,
+    }
+    out["ratios"] = ratios({**results, FROZEN: frozen})
+    return out
+
+
+def _main(argv: list[str]) -> None:
+    from ldp.config import build
+
+    method, raw = argv[0], json.loads(argv[1])
+    print(json.dumps(measure_method(method, build(BenchConfig, raw))), flush=True)
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])
