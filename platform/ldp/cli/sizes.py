@@ -77,26 +77,83 @@ def _cell(key: str, value: Any) -> str:
     return str(value)
 
 
+def trainable_on_meta(size: str, method: str = "lora-diffusion") -> int:
+    """Trainable parameters of ``method``'s default config on ``size``, counted on meta."""
+    import torch
+
+    from ldp.methods import attach
+    from ldp.models.native import DiffusionTransformer
+    from ldp.models.sizes import size_config
+
+    with torch.device("meta"):
+        base = DiffusionTransformer(size_config(size))
+        model = attach(base, method, base_hash="meta")
+    return sum(p.numel() for p in model.trainable_parameters())
+
+
+def memory_rows(rows: list[dict[str, Any]], gpus: int, gpu_mem_gb: float) -> list[dict[str, Any]]:
+    """Per size and method (lora-diffusion vs full fine-tuning): per-GPU bytes under each
+    strategy and what ``--strategy auto`` picks (``ldp.cluster.memory_table``)."""
+    from ldp.cluster import memory_table
+
+    out = []
+    for row in rows:
+        by_method = {"lora-diffusion": trainable_on_meta(row["size"]), "full": row["params"]}
+        for mem in memory_table(
+            row["params"], by_method, gpus, int(gpu_mem_gb * 1e9),
+            largest_layer_params=row["largest_layer"],
+        ):
+            out.append({"size": row["size"], **mem.as_dict()})
+    return out
+
+
 def sizes(
     as_json: bool = typer.Option(
         False, "--json", help="Print JSON (one object per size) instead of a table."
     ),
+    gpus: int | None = typer.Option(
+        None, "--gpus", help="Also estimate per-GPU memory per strategy on this many GPUs."
+    ),
+    gpu_mem: float = typer.Option(80.0, "--gpu-mem", help="Memory per GPU in GB (with --gpus)."),
 ) -> None:
-    """Every base size: layers, hidden, heads, FFN, vocab, max length, parameters, bf16 bytes."""
+    """Every base size: layers, hidden, heads, FFN, vocab, max length, parameters, bf16 bytes;
+    with ``--gpus N --gpu-mem GB``, memory per GPU for adapter training vs full fine-tuning under
+    each strategy and what ``--strategy auto`` would pick."""
+    from ldp.errors import UsageError
+
+    if gpus is not None and gpus < 1:
+        raise UsageError("--gpus must be >= 1")
+    if gpu_mem <= 0:
+        raise UsageError("--gpu-mem must be > 0")
     rows = size_rows()
+    memory = memory_rows(rows, gpus, gpu_mem) if gpus else None
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows if memory is None else {"sizes": rows, "memory": memory}, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
 
+    console = Console()
     table = Table(box=None, header_style="bold")
     for key, title in COLUMNS:
         table.add_column(title, justify="left" if key == "size" else "right")
     for row in rows:
         table.add_row(*(_cell(key, row[key]) for key, _ in COLUMNS))
-    Console().print(table)
+    console.print(table)
     print("Counted on the meta device (no memory allocated); the head is tied to the embedding.")
+    if memory is None:
+        return
+    strategies = list(memory[0]["per_gpu_bytes"])
+    mt = Table(title=f"Model-state memory per GPU on {gpus} x {gpu_mem:g} GB (activations excluded)",
+               box=None, header_style="bold")
+    for title in ("size", "method", "trainable", *strategies, "auto"):
+        mt.add_column(title, justify="left" if title in ("size", "method", "auto") else "right")
+    for m in memory:
+        cells = [
+            _human_bytes(m["per_gpu_bytes"][s]) + ("" if m["fits"][s] else " ✗") for s in strategies
+        ]
+        mt.add_row(m["size"], m["method"], _human_count(m["trainable_params"]), *cells, m["auto"] or "none fits")
+    console.print(mt)
 
 
 def register(app: typer.Typer) -> None:
