@@ -1,20 +1,32 @@
 """The masked-diffusion process (DESIGN §2): small named functions with shapes in their docstrings.
 
-- :mod:`config`: :class:`DiffusionConfig` (T, transition, schedule, loss weighting/normalisation)
-- :mod:`schedule`: beta_t (linear, cosine), ELBO weights
-- :mod:`corruption`: t sampling (antithetic option), q(x_t | x0) on response positions only
-- :mod:`loss`: Eq. 8 with the LLaDA/dllm SFT conventions, logits at scored positions only
-- :mod:`sampler`: the reverse process (posterior reveal, low-confidence remasking, blocks)
-- :mod:`elbo`: Monte-Carlo ELBO NLL bound and perplexity
+- :mod:`~ldp.diffusion.config`: :class:`DiffusionConfig` (T, transition, schedule, loss weighting
+  and normalisation)
+- :mod:`~ldp.diffusion.schedule`: beta_t (linear, cosine), the discrete ELBO weight
+- :mod:`~ldp.diffusion.corruption`: t sampling (antithetic option), q(x_t | x0) on response
+  positions only
+- :mod:`~ldp.diffusion.loss`: paper Eq. 8 with the LLaDA/dllm SFT conventions, the head run at
+  scored positions only
+- :mod:`~ldp.diffusion.sampler`: the reverse process (posterior reveal, low-confidence remasking,
+  semi-autoregressive blocks)
+- :mod:`~ldp.diffusion.elbo`: Monte-Carlo ELBO NLL bound (antithetic t) and perplexity
 
-Everything calls the model through the ``Denoiser`` interface only.
+Everything calls the model through the ``Denoiser`` interface only (``hidden_states``, ``head``,
+``mask_token_id``, ``vocab_size``), or through the caller's ``hidden_fn`` / ``logits_fn``.
 """
 
 from ldp.diffusion.config import DiffusionConfig
-from ldp.diffusion.corruption import corrupt, sample_t
-from ldp.diffusion.elbo import elbo_nll, elbo_perplexity
-from ldp.diffusion.loss import HiddenFn, reduce_loss, token_nll, training_loss
-from ldp.diffusion.sampler import LogitsFn, sample
+from ldp.diffusion.corruption import corrupt, sample_t, uniform_noise
+from ldp.diffusion.elbo import elbo_nll, elbo_perplexity, elbo_steps, perplexity
+from ldp.diffusion.loss import (
+    HiddenFn,
+    diffusion_loss,
+    masked_positions_nll,
+    reduce_loss,
+    token_nll,
+    training_loss,
+)
+from ldp.diffusion.sampler import LogitsFn, draw_tokens, reveal_count, sample
 from ldp.diffusion.schedule import corruption_prob, elbo_weight, loss_weight
 
 __all__ = [
@@ -23,13 +35,20 @@ __all__ = [
     "LogitsFn",
     "corrupt",
     "corruption_prob",
+    "diffusion_loss",
+    "draw_tokens",
     "elbo_nll",
     "elbo_perplexity",
+    "elbo_steps",
     "elbo_weight",
     "loss_weight",
+    "masked_positions_nll",
+    "perplexity",
     "reduce_loss",
+    "reveal_count",
     "sample",
     "sample_t",
     "token_nll",
     "training_loss",
+    "uniform_noise",
 ]

@@ -1,12 +1,23 @@
 """The denoising loss (paper Eq. 8) with the LLaDA/dllm SFT conventions.
 
-``-log p(x0 | x_t, t, c)`` on corrupted response positions only: prompt positions are never
-corrupted and never scored; EOS padding after the answer is part of the response (the collator
-marks it so) and is trained; a per-step weight (ELBO / 1/t / none) and a switchable
-normalisation (see :class:`DiffusionConfig`).
+``-log p(x0 | x_t, t, c)`` on corrupted response positions only:
 
-The output head over the full vocabulary dominates the cost of a step, so logits are computed
-only at the positions that are scored.
+- prompt positions are never corrupted and never scored (their labels are excluded);
+- the response covers the EOS padding after the answer (the SFT collator marks it as response),
+  so the model learns where answers end, as in LLaDA SFT;
+- a per-sequence step weight (``loss_weighting``: ELBO / 1/t / none) and a switchable
+  normalisation (``loss_norm``), see :class:`~ldp.diffusion.config.DiffusionConfig`;
+- absorbing transition: only [MASK]ed positions are scored (the others are given); uniform
+  transition: every response token is scored (the model cannot tell which were replaced).
+
+The output head over the full vocabulary dominates the cost of a step, so the head runs only on
+the hidden states of scored positions (:func:`masked_positions_nll`): (N, d) -> (N, V) with N the
+number of scored tokens, instead of (B, L, V).
+
+Pieces, smallest first: :func:`masked_positions_nll` (H -> per-token CE), :func:`token_nll`
+(x_t -> per-token CE through the model), :func:`reduce_loss` (normalisation),
+:func:`diffusion_loss` (weighting + normalisation + stats), :func:`training_loss` (one draw of
+t and x_t for a batch, end to end).
 """
 
 from __future__ import annotations
@@ -20,12 +31,38 @@ import torch.nn.functional as F
 from ldp.diffusion.config import DiffusionConfig
 from ldp.diffusion.corruption import corrupt, sample_t
 from ldp.diffusion.schedule import loss_weight
+from ldp.errors import UsageError
 
-__all__ = ["HiddenFn", "token_nll", "reduce_loss", "training_loss"]
+__all__ = [
+    "HiddenFn",
+    "diffusion_loss",
+    "masked_positions_nll",
+    "reduce_loss",
+    "token_nll",
+    "training_loss",
+]
 
 HiddenFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
-"""``hidden_fn(x_t (B,L), t_norm (B,), attention_mask) -> H (B,L,d)``: replaces
-``model.hidden_states`` (adapters use it to perturb H, or to bind per-batch context)."""
+"""``hidden_fn(x_t (B,L) long, t_norm (B,) float, attention_mask (B,L) | None) -> H (B,L,d)``:
+replaces ``model.hidden_states`` (adapters use it to perturb H, or to bind per-batch context)."""
+
+
+def masked_positions_nll(
+    head: Callable[[torch.Tensor], torch.Tensor],
+    hidden: torch.Tensor,
+    x0: torch.Tensor,
+    positions: torch.Tensor,
+) -> torch.Tensor:
+    """Cross-entropy of the clean tokens, with the head applied at ``positions`` only.
+
+    head: (N, d) -> (N, V); hidden: (B, L, d); x0: (B, L) long; positions: (B, L) bool.
+    Returns (B, L) float32, zero outside ``positions``. Differentiable in ``hidden``.
+    """
+    picked = hidden[positions]  # (N, d)
+    logits = head(picked).float()  # (N, V)
+    nll = F.cross_entropy(logits, x0[positions], reduction="none")  # (N,)
+    out = torch.zeros(x0.shape, dtype=nll.dtype, device=nll.device)  # (B, L)
+    return out.masked_scatter(positions, nll)
 
 
 def token_nll(
@@ -38,35 +75,64 @@ def token_nll(
     attention_mask: torch.Tensor | None = None,
     hidden_fn: HiddenFn | None = None,
 ) -> torch.Tensor:
-    """Cross-entropy of the clean tokens at ``positions``.
+    """-log p(x0 | x_t, t) per token at ``positions``, through the model.
 
     x_t, x0: (B, L) long; t_norm: (B,) float = t/T; positions: (B, L) bool.
-    Returns (B, L) float, zero outside ``positions``; logits are computed at ``positions`` only.
+    Returns (B, L) float32, zero outside ``positions``. ``hidden_fn`` replaces
+    ``model.hidden_states``; the head is ``model.head``, run at ``positions`` only.
     """
     hidden = (hidden_fn or model.hidden_states)(x_t, t_norm, attention_mask)  # (B, L, d)
-    picked = hidden[positions]  # (N, d)
-    logits = model.head(picked).float()  # (N, V)
-    nll = F.cross_entropy(logits, x0[positions], reduction="none")  # (N,)
-    out = torch.zeros(x0.shape, dtype=nll.dtype, device=nll.device)
-    out[positions] = nll
-    return out
+    return masked_positions_nll(model.head, hidden, x0, positions)
 
 
 def reduce_loss(
     weighted: torch.Tensor, response_mask: torch.Tensor, scored: torch.Tensor, norm: str
 ) -> torch.Tensor:
-    """Weighted token losses (B, L) -> scalar under normalisation ``norm``."""
-    total = weighted.sum()
+    """Weighted token losses (B, L) -> scalar under normalisation ``norm``.
+
+    response_mask, scored: (B, L) bool. Denominators are clamped at 1 so that an empty batch
+    gives 0 rather than NaN. See ``DiffusionConfig.loss_norm`` for the meaning of each.
+    """
+    response_mask = response_mask.bool()
     if norm == "tokens":
-        return total / response_mask.sum().clamp_min(1)
-    if norm == "sequence":
-        per_seq = weighted.sum(dim=1) / response_mask.sum(dim=1).clamp_min(1)
+        return weighted.sum() / response_mask.sum().clamp_min(1)
+    if norm == "answer_length":
+        per_seq = weighted.sum(dim=1) / response_mask.sum(dim=1).clamp_min(1)  # (B,)
         return per_seq.mean()
     if norm == "corrupted":
-        return total / scored.sum().clamp_min(1)
+        return weighted.sum() / scored.sum().clamp_min(1)
     if norm == "batch":
-        return total / weighted.shape[0]
-    raise ValueError(f"unknown loss normalisation {norm!r}")
+        return weighted.sum() / weighted.shape[0]
+    raise UsageError(
+        f"unknown loss normalisation {norm!r} (tokens, answer_length, corrupted, batch)"
+    )
+
+
+def diffusion_loss(
+    nll: torch.Tensor,
+    t: torch.Tensor,
+    response_mask: torch.Tensor,
+    scored: torch.Tensor,
+    config: DiffusionConfig,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Weight per-token losses by step and normalise them (paper Eq. 8 as trained).
+
+    nll: (B, L) float, zero outside ``scored``; t: (B,) long in 1..T; response_mask, scored:
+    (B, L) bool. Returns ``(loss, stats)``: the scalar loss, and stats ``denoising_loss`` (its
+    value; a trainer may add regularisers to the loss), ``nll`` (unweighted mean CE per scored
+    token), ``corrupted`` (scored tokens in the batch), ``t_mean`` (mean t/T).
+    """
+    T = config.num_steps
+    w = loss_weight(t.cpu(), T, config.schedule, config.loss_weighting).to(nll.device)  # (B,)
+    loss = reduce_loss(nll * w.unsqueeze(1), response_mask, scored, config.loss_norm)
+    n_scored = int(scored.sum())
+    stats = {
+        "denoising_loss": float(loss.detach()),
+        "nll": float(nll.detach().sum()) / max(n_scored, 1),
+        "corrupted": float(n_scored),
+        "t_mean": float(t.float().mean()) / T,
+    }
+    return loss, stats
 
 
 def training_loss(
@@ -80,11 +146,15 @@ def training_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """One Monte-Carlo draw of the diffusion loss for ``batch``.
 
-    batch: ``input_ids`` (B, L) long clean tokens, ``response_mask`` (B, L) bool, optional
-    ``attention_mask``. ``t`` (B,) long fixes the steps (drawn uniformly otherwise).
-    Returns ``(loss, stats)`` with stats: ``nll`` (unweighted mean CE per scored token),
-    ``corrupted`` (scored tokens), ``t_mean`` (mean t/T).
+    batch: ``input_ids`` (B, L) long clean tokens, ``response_mask`` (B, L) bool (answer + EOS
+    padding), optional ``attention_mask`` (B, L). ``t`` (B,) long fixes the steps (drawn
+    uniformly from 1..T otherwise). ``hidden_fn(x_t, t_norm, attention_mask) -> H`` replaces
+    ``model.hidden_states`` (an adapter perturbing H). Returns ``(loss, stats)`` as
+    :func:`diffusion_loss`.
     """
+    for key in ("input_ids", "response_mask"):
+        if key not in batch:
+            raise UsageError(f"training_loss needs batch[{key!r}]")
     x0 = batch["input_ids"]
     response = batch["response_mask"].bool()
     attention_mask = batch.get("attention_mask")
@@ -93,22 +163,19 @@ def training_loss(
         t = sample_t(x0.shape[0], T, generator)
     t = t.to(x0.device)
     x_t, corrupted = corrupt(
-        x0, t, response,
-        num_steps=T, mask_token_id=model.mask_token_id, vocab_size=model.vocab_size,
-        transition=config.transition, schedule=config.schedule, generator=generator,
+        x0,
+        t,
+        response,
+        num_steps=T,
+        mask_token_id=model.mask_token_id,
+        vocab_size=model.vocab_size,
+        transition=config.transition,
+        schedule=config.schedule,
+        generator=generator,
         min_one=config.min_one_corrupted,
     )
-    # Absorbing: only [MASK]ed tokens carry information to learn. Uniform: the model cannot tell
-    # which tokens were replaced, so every response token is scored.
     scored = corrupted if config.transition == "absorbing" else response
-    t_norm = t.float() / T
-    nll = token_nll(model, x_t, t_norm, x0, scored, attention_mask=attention_mask, hidden_fn=hidden_fn)
-    w = loss_weight(t, T, config.schedule, config.loss_weighting).to(nll.device).unsqueeze(1)
-    loss = reduce_loss(nll * w, response, scored, config.loss_norm)
-    n_scored = scored.sum()
-    stats = {
-        "nll": float(nll.detach().sum() / n_scored.clamp_min(1)),
-        "corrupted": float(n_scored),
-        "t_mean": float(t_norm.mean()),
-    }
-    return loss, stats
+    nll = token_nll(
+        model, x_t, t.float() / T, x0, scored, attention_mask=attention_mask, hidden_fn=hidden_fn
+    )
+    return diffusion_loss(nll, t, response, scored, config)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ldp.diffusion import DiffusionConfig, elbo_nll, sample
+from ldp.diffusion import DiffusionConfig, sample
 
 __all__ = ["EvalResult", "evaluate_task", "decode_response"]
 
@@ -67,7 +67,8 @@ def _generate(model, tokenizer, encoded, spec, diffusion, steps, batch_size, see
 
     eos = eos_token_id(tokenizer)
     gen_len = spec.max_new_tokens
-    steps = min(steps or diffusion.num_steps, max(gen_len, 1) * 4)
+    # Default: T steps, but never more than 4 per generated token (finer steps add little).
+    steps = steps or min(diffusion.num_steps, max(gen_len, 1) * 4)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["prompt_ids"]))
     out: dict[int, str] = {}
     context = _accepts_context(model)
@@ -79,12 +80,15 @@ def _generate(model, tokenizer, encoded, spec, diffusion, steps, batch_size, see
         attn = torch.cat([keep, torch.ones(B, gen_len, dtype=torch.bool)], 1).long()
         instr = torch.cat([instr.bool(), torch.zeros(B, gen_len, dtype=torch.bool)], 1)
 
-        def logits_fn(x, t):
+        def hidden_fn(x, t, a):
             if context:
-                return model(x, t, attn, instruction_mask=instr)
-            return model(x, t, attn)
+                return model.hidden_states(x, t, a, instruction_mask=instr)
+            return model.hidden_states(x, t, a)
 
-        result = sample(model, prompts, gen_len, diffusion, steps=steps, seed=seed, logits_fn=logits_fn)
+        result = sample(
+            model, prompts, gen_len, diffusion, steps=steps, seed=seed,
+            hidden_fn=hidden_fn, attention_mask=attn,
+        )
         for row, i in zip(result[:, Lp:].tolist(), idx):
             out[i] = decode_response(tokenizer, row, eos)
         if bar is not None:
@@ -93,6 +97,55 @@ def _generate(model, tokenizer, encoded, spec, diffusion, steps, batch_size, see
 
 
 @torch.no_grad()
+def paired_candidate_nll(
+    model: Any,
+    prompt_ids: torch.Tensor,
+    keep: torch.Tensor,
+    instruction: torch.Tensor,
+    answers: torch.Tensor,
+    diffusion: DiffusionConfig,
+    *,
+    n_samples: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """ELBO NLL of every candidate answer after every prompt, with paired noise.
+
+    prompt_ids/keep/instruction: (E, Lp) left-padded prompts, their keep mask and instruction
+    mask; answers: (K, W) candidate answers of equal width (EOS-padded). Returns (E, K).
+    All K candidates of an example see the same steps t and the same masked positions, so their
+    difference is not swamped by Monte-Carlo noise (a paired comparison).
+    """
+    from ldp.diffusion import corruption_prob, elbo_weight, token_nll
+    from ldp.diffusion.elbo import elbo_steps
+
+    E, Lp = prompt_ids.shape
+    K, W = answers.shape
+    T = diffusion.num_steps
+    context = _accepts_context(model)
+    rep = lambda x: x.repeat_interleave(K, dim=0)  # noqa: E731  (E, ...) -> (E*K, ...)
+    x0 = torch.cat([rep(prompt_ids), answers.repeat(E, 1)], 1)  # (E*K, Lp+W)
+    attn = torch.cat([rep(keep), torch.ones(E * K, W, dtype=torch.bool)], 1).long()
+    instr = torch.cat([rep(instruction), torch.zeros(E * K, W, dtype=torch.bool)], 1)
+    steps = elbo_steps(n_samples, E, T, generator)  # (n, E)
+    total = torch.zeros(E * K)
+    for j in range(n_samples):
+        t = steps[j]
+        beta = corruption_prob(t, T, diffusion.schedule).unsqueeze(1)  # (E, 1)
+        masked = torch.rand(E, W, generator=generator) < beta  # (E, W) shared by candidates
+        scored = torch.cat([torch.zeros(E * K, Lp, dtype=torch.bool), rep(masked)], 1)
+        x_t = x0.masked_fill(scored, model.mask_token_id)
+        t_rep = rep(t)
+
+        def hidden_fn(x, tn, a):
+            if context:
+                return model.hidden_states(x, tn, attn, instruction_mask=instr)
+            return model.hidden_states(x, tn, attn)
+
+        nll = token_nll(model, x_t, t_rep.float() / T, x0, scored, hidden_fn=hidden_fn)
+        total += (nll.sum(dim=1) * elbo_weight(t_rep, T, diffusion.schedule)).float()
+    return (total / n_samples).view(E, K)
+
+
 def _likelihood(model, tokenizer, encoded, spec, diffusion, n_samples, batch_size, seed, bar) -> list[str]:
     """Pick, per example, the verbaliser with the lowest ELBO NLL of ``answer + EOS``."""
     from ldp.data.collate import eos_token_id
@@ -101,33 +154,18 @@ def _likelihood(model, tokenizer, encoded, spec, diffusion, n_samples, batch_siz
     verbs = list(spec.label.verbalizers)
     cand = [tokenizer(v, add_special_tokens=False)["input_ids"] for v in verbs]
     width = max(len(c) for c in cand) + 1  # every candidate padded with EOS to one length
-    answers = [c + [eos] * (width - len(c)) for c in cand]
-    context = _accepts_context(model)
+    answers = torch.tensor([c + [eos] * (width - len(c)) for c in cand], dtype=torch.long)
     preds: list[str] = []
     per_batch = max(1, batch_size // len(verbs))
+    generator = torch.Generator().manual_seed(seed)
     for start in range(0, len(encoded), per_batch):
         chunk = encoded[start : start + per_batch]
-        seqs, instr_rows = [], []
-        for ex in chunk:
-            for ans in answers:
-                seqs.append(ex["prompt_ids"] + ans)
-                instr_rows.append(ex["instruction_mask"] + [0] * width)
-        ids, keep = _pad_left(seqs, model.pad_token_id)
-        instr, _ = _pad_left(instr_rows, 0)
-        response = torch.zeros_like(keep)
-        response[:, -width:] = True
-        attn = keep.long()
-        instr = instr.bool()
-
-        def hidden_fn(x, t, a):
-            if context:
-                return model.hidden_states(x, t, attn, instruction_mask=instr)
-            return model.hidden_states(x, t, attn)
-
-        # The same noise for every candidate of an example keeps the comparison paired.
-        gen = torch.Generator().manual_seed(seed)
-        nll = elbo_nll(model, ids, response, diffusion, n_samples=n_samples, generator=gen, hidden_fn=hidden_fn)
-        nll = nll.view(len(chunk), len(verbs))
+        prompts, keep = _pad_left([ex["prompt_ids"] for ex in chunk], model.pad_token_id)
+        instr, _ = _pad_left([ex["instruction_mask"] for ex in chunk], 0)
+        nll = paired_candidate_nll(
+            model, prompts, keep, instr.bool(), answers, diffusion,
+            n_samples=n_samples, generator=generator,
+        )
         preds.extend(verbs[j] for j in nll.argmin(dim=1).tolist())
         if bar is not None:
             bar.update(len(chunk))
