@@ -188,8 +188,13 @@ class Trainer:
         on_checkpoint: Callable[["Trainer", dict[str, float]], None] | None = None,
         progress: bool = True,
         is_main: bool = True,
+        state_subdir: str | None = None,
     ) -> None:
+        """``state_subdir``: where this process keeps its RNG and loader state inside a
+        checkpoint folder (None: the folder itself). Data-parallel ranks other than 0 pass their
+        own (``rank_1``, ...) so each rank's state sits beside the collective backend state."""
         self.model, self.loss_fn, self.loader = model, loss_fn, train_loader
+        self.state_subdir = state_subdir
         self.loop = loop
         self.val_batches = val_batches
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -253,21 +258,29 @@ class Trainer:
         """Write everything exact resume needs into ``folder`` (``trainer_state.json`` last)."""
         folder.mkdir(parents=True, exist_ok=True)
         self.backend.save(folder)
+        own = folder / self.state_subdir if self.state_subdir else folder
+        own.mkdir(parents=True, exist_ok=True)
         save_file(
             {"generator": self.generator.get_state(), "torch_global": torch.get_rng_state()},
-            folder / "rng.safetensors",
+            own / "rng.safetensors",
         )
         state = {"step": self.step, "loader": self.loader.state_dict()}
-        (folder / "trainer_state.json").write_text(json.dumps(state))
+        (own / "trainer_state.json").write_text(json.dumps(state))
         return folder
 
     def load_checkpoint(self, folder: Path) -> None:
         """Restore a :meth:`save_checkpoint` folder (weights, optimiser, RNGs, loader, step)."""
+        own = folder / self.state_subdir if self.state_subdir else folder
+        if not (own / "trainer_state.json").is_file():
+            raise LdpError(
+                f"checkpoint {folder} has no trainer state for this process ({own.name}); "
+                "was it written with another number of workers?"
+            )
         self.backend.load(folder)
-        rng = load_file(folder / "rng.safetensors")
+        rng = load_file(own / "rng.safetensors")
         self.generator.set_state(rng["generator"])
         torch.set_rng_state(rng["torch_global"])
-        state = json.loads((folder / "trainer_state.json").read_text())
+        state = json.loads((own / "trainer_state.json").read_text())
         self.step = int(state["step"])
         self.loader.load_state_dict(state["loader"])
 
