@@ -202,8 +202,14 @@ def connect(
         gcs = info.address_info.get("gcs_address") or ray.get_runtime_context().gcs_address
         return ClusterHandle("local", gcs, _dashboard_url(info), runtime_env, owns_driver=True)
 
+    # Inside a Jobs API job the job's own runtime env applies; passing another makes Ray refuse
+    # to merge them ("Failed to merge the Job's runtime env"), so only the env vars are set here.
+    in_job = bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))
+    if in_job:
+        for key, value in runtime_env.get("env_vars", {}).items():
+            os.environ.setdefault(key, value)
     try:
-        info = ray.init(address=addr, runtime_env=runtime_env)
+        info = ray.init(address=addr, runtime_env=None if in_job else runtime_env)
     except Exception as exc:
         raise LdpError(f"cannot reach Ray at {addr}: {_first_line(exc)}") from exc
     return ClusterHandle("ray", addr, _dashboard_url(info), runtime_env, owns_driver=True)

@@ -37,3 +37,23 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     yield
+
+
+SMALL_NATIVE = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
+"""A native base small enough for a test to train it in seconds (MiniLM's tokenizer)."""
+
+
+@pytest.fixture(scope="session")
+def small_base(tmp_path_factory, data_dir):
+    """A small native base pretrained for 40 steps on wikitext, saved in a folder.
+
+    Returns the recipe's ``PretrainResult`` (``.folder``, ``.metrics``)."""
+    from ldp.training.recipes.pretrain import PretrainConfig, run_pretrain
+
+    cfg = PretrainConfig(size="tiny", corpus="wikitext", data_dir=str(data_dir), block_len=32,
+                         train_limit=512, val_blocks=16, elbo_samples=2, num_samples=2, sample_len=8,
+                         model=dict(SMALL_NATIVE))
+    cfg.loop.max_steps, cfg.loop.batch_size = 40, 8
+    cfg.optim.lr, cfg.optim.warmup_steps = 2e-3, 5
+    out = tmp_path_factory.mktemp("small_base")
+    return run_pretrain(cfg, out_dir=out, publish=False, progress=False, log=lambda m: None)

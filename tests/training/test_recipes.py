@@ -9,26 +9,13 @@ import pytest
 import torch
 
 from ldp.cli.main import main
-from ldp.training.recipes.pretrain import PretrainConfig, run_pretrain
 
 SMALL = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
 
 
-def _pretrain_cfg(data_dir, steps=40):
-    cfg = PretrainConfig(size="tiny", corpus="wikitext", data_dir=str(data_dir), block_len=32,
-                         train_limit=512, val_blocks=16, elbo_samples=2, num_samples=2, sample_len=8,
-                         model=dict(SMALL))
-    cfg.loop.max_steps, cfg.loop.batch_size = steps, 8
-    cfg.optim.lr, cfg.optim.warmup_steps = 2e-3, 5
-    return cfg
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory, data_dir):
-    """A small native base pretrained for a few steps, in a folder."""
-    out = tmp_path_factory.mktemp("pretrain")
-    result = run_pretrain(_pretrain_cfg(data_dir), out_dir=out, publish=False, progress=False, log=lambda m: None)
-    return result
+@pytest.fixture
+def tiny_base(small_base):
+    return small_base
 
 
 def test_pretraining_lowers_elbo_perplexity_and_samples_decode(tiny_base):

@@ -152,7 +152,16 @@ class SFTCollator:
         max_length: int | None = None,
         max_prompt_len: int | None = None,
         max_target_len: int | None = None,
+        answer_length: int | None = None,
+        pad_id: int | None = None,
     ) -> None:
+        if answer_length is not None and answer_length < 1:
+            raise UsageError(f"answer_length must be >= 1, got {answer_length}")
+        if answer_length is not None and pad_id is None:
+            pad_id = getattr(tokenizer, "pad_token_id", None)
+            if pad_id is None:
+                raise UsageError("answer_length needs a pad id (the tokenizer has none)")
+        self.answer_length, self.pad_id = answer_length, pad_id
         if eos_id is None:
             if tokenizer is None:
                 raise UsageError("SFTCollator needs a tokenizer or an eos_id")
@@ -185,6 +194,8 @@ class SFTCollator:
         feats = self._encoded(items)
         prompts = [list(f["prompt_ids"]) for f in feats]
         targets = [list(f["target_ids"]) for f in feats]
+        if self.answer_length is not None:
+            return self._fixed_answer(feats, prompts, targets)
         if self.max_length is not None:
             for i, (p, t) in enumerate(zip(prompts, targets)):
                 if len(p) >= self.max_length:
@@ -220,6 +231,38 @@ class SFTCollator:
             "response_mask": ~prompt_mask,
             "prompt_mask": prompt_mask,
             "instruction_mask": instruction_mask,
+            "prompt_len": prompt_len,
+        }
+
+    def _fixed_answer(self, feats, prompts, targets) -> dict[str, torch.Tensor]:
+        """Each row: prompt, then exactly ``answer_length`` answer tokens (target + EOS padding,
+        the same shape generation produces), then ``pad_id`` filler that is neither attended
+        (``attention_mask`` 0) nor scored."""
+        A = self.answer_length
+        length = max(len(p) for p in prompts) + A
+        batch = len(feats)
+        input_ids = torch.full((batch, length), self.pad_id, dtype=torch.long)  # (B, L)
+        response = torch.zeros((batch, length), dtype=torch.bool)
+        attention = torch.zeros((batch, length), dtype=torch.long)
+        prompt_mask = torch.zeros((batch, length), dtype=torch.bool)
+        instruction_mask = torch.zeros((batch, length), dtype=torch.bool)
+        prompt_len = torch.empty(batch, dtype=torch.long)
+        for i, (f, p, t) in enumerate(zip(feats, prompts, targets)):
+            answer = (t[:A] + [self.eos_id] * A)[:A]
+            n = len(p)
+            input_ids[i, : n + A] = torch.tensor(p + answer, dtype=torch.long)
+            prompt_mask[i, :n] = True
+            response[i, n : n + A] = True
+            attention[i, : n + A] = 1
+            prompt_len[i] = n
+            imask = f.get("instruction_mask")
+            instruction_mask[i, :n] = True if imask is None else torch.tensor(list(imask), dtype=torch.bool)
+        return {
+            "input_ids": input_ids,
+            "response_mask": response,
+            "prompt_mask": prompt_mask,
+            "instruction_mask": instruction_mask,
+            "attention_mask": attention,
             "prompt_len": prompt_len,
         }
 

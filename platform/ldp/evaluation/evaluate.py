@@ -153,7 +153,8 @@ def _likelihood(model, tokenizer, encoded, spec, diffusion, n_samples, batch_siz
     eos = eos_token_id(tokenizer)
     verbs = list(spec.label.verbalizers)
     cand = [tokenizer(v, add_special_tokens=False)["input_ids"] for v in verbs]
-    width = max(len(c) for c in cand) + 1  # every candidate padded with EOS to one length
+    # Every candidate is EOS-padded to the task's answer length: the shape training used.
+    width = max(max(len(c) for c in cand) + 1, spec.max_new_tokens)
     answers = torch.tensor([c + [eos] * (width - len(c)) for c in cand], dtype=torch.long)
     preds: list[str] = []
     per_batch = max(1, batch_size // len(verbs))

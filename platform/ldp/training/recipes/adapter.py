@@ -69,6 +69,11 @@ class AdapterConfig:
     """Answer token budget (default: the task's generation length)."""
     train_limit: int | None = None
     """Use at most this many training examples."""
+    answer_padding: Literal["task", "batch"] = "task"
+    """task: every answer is exactly the task's generation length (target + EOS), the shape
+    evaluation generates, and rows are padded past it with unattended [PAD]; batch: LLaDA's
+    convention, EOS padding up to the longest sequence in the batch (many more easy EOS tokens
+    dilute the answer's share of the loss)."""
     val_limit: int | None = 64
     """Validation examples for the periodic validation loss."""
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -142,15 +147,24 @@ def _datasets(cfg: AdapterConfig, tokenizer: Any):
     return train, val
 
 
+def _collator(cfg: AdapterConfig, tokenizer: Any):
+    from ldp.data.collate import SFTCollator
+    from ldp.data.tasks import get_task
+
+    if cfg.answer_padding == "batch":
+        return SFTCollator(tokenizer)
+    length = cfg.max_target_len or get_task(cfg.task).max_new_tokens
+    return SFTCollator(tokenizer, answer_length=length)
+
+
 def build(config: dict[str, Any], rank: int, world_size: int):
     """The recipe's ``build`` (see ``ldp.jobs.recipe``)."""
-    from ldp.data.collate import SFTCollator
     from ldp.jobs.recipe import Built
 
     cfg = validate(config)
     model, tokenizer, source, base_hash = load_model(cfg)
     train, val = _datasets(cfg, tokenizer)
-    collate = SFTCollator(tokenizer)
+    collate = _collator(cfg, tokenizer)
     loader = ResumableLoader(
         train, cfg.loop.batch_size, collate, seed=cfg.loop.seed, rank=rank, world_size=world_size
     )

@@ -203,5 +203,5 @@ def _samples(model: torch.nn.Module, tokenizer: Any, cfg: PretrainConfig) -> lis
         return []
     cls = tokenizer.cls_token_id
     prompt = torch.full((cfg.num_samples, 1), cls if cls is not None else model.eos_token_id)
-    out = sample(model, prompt, cfg.sample_len, cfg.diffusion, seed=cfg.loop.seed)
+    out = sample(model, prompt, cfg.sample_len, cfg.diffusion, temperature=0.8, seed=cfg.loop.seed)
     return [tokenizer.decode(row[1:], skip_special_tokens=True) for row in out]
