@@ -42,7 +42,7 @@ def ensure_base(spec, log=print) -> str:
     cfg = PretrainConfig(size="tiny", init="minilm", corpus="wikitext", data_dir=spec.data_dir)
     cfg.loop.max_steps = spec.base_steps
     cfg.val_blocks = 32
-    result = run_pretrain(cfg, registry=spec.registry, job=None, progress=False, log=log)
+    result = run_pretrain(cfg, registry=spec.registry, job=None, progress=True, log=log)
     return str(result.ref)
 
 

@@ -59,10 +59,25 @@ class JobSpec:
             raise ValueError("checkpoint_every must be >= 1")
         if self.max_failures < 0:
             raise ValueError("max_failures must be >= 0")
+        # Ray workers run in other folders (and on other machines): local paths travel absolute.
+        self.data_dir = _absolute(self.data_dir)
+        self.registry = _absolute(self.registry)
+        self.storage_path = _absolute(self.storage_path)
+        if self.base is not None and not self.base.startswith("bases/"):
+            self.base = _absolute(self.base)
 
     @property
     def base_ref(self) -> str:
         return self.base or f"bases/{self.size}@latest"
+
+
+def _absolute(path: str | None) -> str | None:
+    """A local path made absolute; URLs (``s3://``, ``file://``) and None unchanged."""
+    if path is None or "://" in path:
+        return path
+    from pathlib import Path
+
+    return str(Path(path).expanduser().resolve())
 
 
 def train_config(spec: JobSpec, base: str | None = None) -> dict[str, Any]:

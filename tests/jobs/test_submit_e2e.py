@@ -70,3 +70,14 @@ def test_submit_trains_evaluates_and_publishes(small_base, data_dir, tmp_path, c
     assert status["state"] == "SUCCEEDED"
     assert main(["logs", job_id]) == 0
     assert job_id in capsys.readouterr().out
+
+
+def test_relative_local_paths_become_absolute(tmp_path, monkeypatch):
+    from ldp.jobs.spec import JobSpec
+
+    monkeypatch.chdir(tmp_path)
+    spec = JobSpec(task="sst2", data_dir="data", registry="reg", base="base", storage_path="runs")
+    assert spec.data_dir == str(tmp_path / "data") and spec.registry == str(tmp_path / "reg")
+    assert spec.base == str(tmp_path / "base") and spec.storage_path == str(tmp_path / "runs")
+    remote = JobSpec(task="sst2", data_dir="s3://bucket/data", base="bases/tiny@2")
+    assert remote.data_dir == "s3://bucket/data" and remote.base == "bases/tiny@2"
