@@ -57,3 +57,21 @@ def small_base(tmp_path_factory, data_dir):
     cfg.optim.lr, cfg.optim.warmup_steps = 2e-3, 5
     out = tmp_path_factory.mktemp("small_base")
     return run_pretrain(cfg, out_dir=out, publish=False, progress=False, log=lambda m: None)
+
+
+@pytest.fixture(scope="session")
+def ray_session_home():
+    """One HOME and RAY_TMPDIR for every Ray test of the session (tests/cluster, tests/jobs).
+
+    Ray caches the auth token of the first HOME it reads in a process; a local Ray started later
+    under another HOME cannot find it and times out starting. Short /tmp paths keep Ray's
+    socket paths under 107 bytes."""
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="ldp-ray-", dir="/tmp"))
+    homes = {"HOME": str(root / "h"), "RAY_TMPDIR": str(root / "r")}
+    for path in homes.values():
+        Path(path).mkdir()
+    yield homes
+    shutil.rmtree(root, ignore_errors=True)

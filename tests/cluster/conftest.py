@@ -26,15 +26,14 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def ray_home():
+def ray_home(ray_session_home):
     """A HOME / RAY_TMPDIR / LDP_HOME for all Ray tests here, restored afterwards.
 
     One for the session, not one per module: Ray caches the auth token of the first HOME it
     reads in the process, and a Ray started later under another HOME would not find it."""
     root = Path(tempfile.mkdtemp(prefix="ldp-ray-", dir="/tmp"))
-    env = {"HOME": str(root / "h"), "RAY_TMPDIR": str(root / "r"), "LDP_HOME": str(root / "l")}
-    for path in env.values():
-        Path(path).mkdir()
+    env = {**ray_session_home, "LDP_HOME": str(root / "l")}
+    Path(env["LDP_HOME"]).mkdir()
     mp = pytest.MonkeyPatch()
     for key, value in env.items():
         mp.setenv(key, value)

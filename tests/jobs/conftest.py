@@ -28,17 +28,12 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def jobs_env():
+def jobs_env(ray_session_home):
     """Session-wide environment for Ray tests here (restored afterwards)."""
     ext = os.environ.get("TORCH_EXTENSIONS_DIR") or str(Path.home() / ".cache" / "torch_extensions")
     root = Path(tempfile.mkdtemp(prefix="ldp-jobs-", dir="/tmp"))
-    env = {
-        "HOME": str(root / "h"),
-        "RAY_TMPDIR": str(root / "r"),
-        "LDP_HOME": str(root / "l"),
-    }
-    for path in env.values():
-        Path(path).mkdir()
+    env = {**ray_session_home, "LDP_HOME": str(root / "l")}
+    Path(env["LDP_HOME"]).mkdir()
     pythonpath = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
     env.update(
         TORCH_EXTENSIONS_DIR=ext,

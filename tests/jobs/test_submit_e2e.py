@@ -40,7 +40,7 @@ def test_invalid_specs_exit_2_before_any_ray_work(args, needle, capsys, monkeypa
 
 
 @pytest.mark.slow
-def test_submit_trains_evaluates_and_publishes(small_base, data_dir, tmp_path, capsys):
+def test_submit_trains_evaluates_and_publishes(small_base, data_dir, tmp_path, capsys, in_jobs_env):
     registry = (tmp_path / "registry").as_uri()
     code, out, err = _submit([
         "--task", "sst2", "--base", str(small_base.folder), "--steps", "8", "--workers", "1",
