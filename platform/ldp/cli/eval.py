@@ -33,7 +33,7 @@ def eval_command(
     from ldp.data.tasks import get_task
 
     get_task(task)
-    if (adapter is None) == (base is None) and adapter is None:
+    if adapter is None and base is None:
         raise UsageError("give --adapter REF or --base REF")
     if split not in ("train", "validation", "test"):
         raise UsageError(f"--split must be train, validation or test, got {split!r}")
@@ -68,6 +68,6 @@ def eval_command(
     if json_path is not None and str(json_path) == "-":
         print(json.dumps(payload, indent=2))
         return
-    Console(stderr=json_path is None and False).print(table)
+    Console().print(table)
     if json_path is not None:
         json_path.write_text(json.dumps(payload, indent=2))

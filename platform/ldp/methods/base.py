@@ -246,8 +246,11 @@ class AdaptedModel(nn.Module):
         steps: torch.Tensor | None = None,
         instruction_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Final hidden states H' (B, L, d) of the adapted model."""
-        raise NotImplementedError
+        """Final hidden states H' (B, L, d) of the adapted model.
+
+        Methods that change the base's own modules (weight-lora, prefix, adapters, bitfit, full)
+        act inside this call; methods that perturb H itself (lora-diffusion) override it."""
+        return self.base.hidden_states(input_ids, t, attention_mask)
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """The base's output head: (..., d) -> (..., V)."""

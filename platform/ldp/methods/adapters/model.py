@@ -61,16 +61,6 @@ class AdaptersModel(AdaptedModel):
                 self._hooks.append(target.register_forward_hook(_adapter_hook(adapter)))
             self.layers.append(per_block)
 
-    def hidden_states(
-        self,
-        input_ids: torch.Tensor,
-        t: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        *,
-        steps: torch.Tensor | None = None,
-        instruction_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        return self.base.hidden_states(input_ids, t, attention_mask)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for block in self.layers for a in block.values() for p in a.adapter_params()]

@@ -28,16 +28,6 @@ class FullModel(AdaptedModel):
         for p in base.parameters():
             p.requires_grad_(True)
 
-    def hidden_states(
-        self,
-        input_ids: torch.Tensor,
-        t: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        *,
-        steps: torch.Tensor | None = None,
-        instruction_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        return self.base.hidden_states(input_ids, t, attention_mask)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.base.parameters())  # tied weights once

@@ -85,16 +85,6 @@ class WeightLoraModel(AdaptedModel):
         """The ``peft.PeftModel`` wrapping ``self.base``."""
         return self._peft
 
-    def hidden_states(
-        self,
-        input_ids: torch.Tensor,
-        t: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        *,
-        steps: torch.Tensor | None = None,
-        instruction_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        return self.base.hidden_states(input_ids, t, attention_mask)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         params = []
