@@ -36,8 +36,8 @@ app = typer.Typer(
 
 # Each module defines register(app). Listed here so the command set is visible in one place.
 COMMAND_MODULES = [
-    "ldp.cli.submit_job",  # submit
-    "ldp.cli.submit",  # status, logs, jobs, _run-job
+    "ldp.cli.submit",
+    "ldp.cli.jobs",  # jobs, status, logs (and the hidden _run-job)
     "ldp.cli.sweep",
     "ldp.cli.train_all",
     "ldp.cli.pretrain",
