@@ -105,6 +105,7 @@ def run_training(
     cpus_per_worker: float = 1,
     deepspeed: dict[str, Any] | None = None,
     artifact_dir: Path | None = None,
+    callbacks: list[Any] | None = None,
 ) -> RunOutcome:
     """Train ``recipe`` (``"module:object"``) with ``config`` on ``num_workers`` Ray Train workers.
 
@@ -114,8 +115,9 @@ def run_training(
     {"stage3_param_persistence_threshold": 0}}``). ``storage_path`` (+ ``storage_filesystem``,
     a ``pyarrow.fs.FileSystem``) holds ``<job_id>/step_*``, ``<job_id>/artifact`` and the
     metrics; ``artifact_dir`` is where a non-local artifact is downloaded to (default: a new
-    temporary folder). Connects to Ray (:func:`ldp.cluster.connect`) unless already connected,
-    and refuses a job the cluster can never place. Raises :class:`LdpError` when training
+    temporary folder). ``callbacks``: extra Ray Train ``UserCallback`` objects for the run's
+    ``RunConfig`` (a sweep trial passes Tune's ``TuneReportCallback``). Connects to Ray
+    (:func:`ldp.cluster.connect`) unless already connected, and refuses a job the cluster can never place. Raises :class:`LdpError` when training
     fails after ``max_failures`` restarts.
     """
     import ray
@@ -173,6 +175,7 @@ def run_training(
                 ),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
                 worker_runtime_env={"env_vars": env},
+                callbacks=list(callbacks or []),
             ),
         )
         try:
