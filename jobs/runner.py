@@ -117,8 +117,8 @@ def run_training(
     metrics; ``artifact_dir`` is where a non-local artifact is downloaded to (default: a new
     temporary folder). ``callbacks``: extra Ray Train ``UserCallback`` objects for the run's
     ``RunConfig`` (a sweep trial passes Tune's ``TuneReportCallback``). Connects to Ray
-    (:func:`ldp.cluster.connect`) unless already connected, and refuses a job the cluster can never place. Raises :class:`LdpError` when training
-    fails after ``max_failures`` restarts.
+    (:func:`ldp.cluster.connect`) unless already connected, and refuses a job the cluster can
+    never place. Raises :class:`LdpError` when training fails after ``max_failures`` restarts.
     """
     import ray
     import ray.train
