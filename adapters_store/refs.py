@@ -17,7 +17,7 @@ from ldp.errors import UsageError
 __all__ = ["KINDS", "LATEST", "Ref", "check_alias", "check_name", "parse_prefix", "parse_ref"]
 
 # kind -> number of name parts
-KINDS: dict[str, int] = {"bases": 1, "adapters": 2, "routers": 1, "bundles": 1}
+KINDS: dict[str, int] = {"bases": 1, "adapters": 2, "routers": 1, "bundles": 1, "sweeps": 1}
 LATEST = "latest"
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")

@@ -4,6 +4,7 @@ Layout under the registry URL (any ``file://`` or ``s3://`` location)::
 
     bases/<name>/<version>/            adapters/<task>/<method>/<version>/
     routers/<name>/<version>/          bundles/<name>/<version>/
+    sweeps/<name>/<version>/
         <files...>  manifest.json  _claim.json
     <kind>/<name...>/_aliases/<alias>.json
 

@@ -6,6 +6,8 @@
 kind        function                             what it does
 ==========  ===================================  ==========================================
 adapter     ``ldp.jobs.adapter_job:execute``     trains one task adapter, publishes it
+sweep       ``ldp.jobs.sweep:execute``           Ray Tune over an adapter job's config; the
+                                                 best adapter and the sweep record published
 ==========  ===================================  ==========================================
 
 A kind may also be given as an import path ``"package.module:function"``; that is how tests and
@@ -30,6 +32,7 @@ JobFn = Callable[[dict[str, Any], str], dict[str, Any]]
 
 JOB_KINDS: dict[str, str | JobFn] = {
     "adapter": "ldp.jobs.adapter_job:execute",
+    "sweep": "ldp.jobs.sweep:execute",
 }
 
 
