@@ -174,3 +174,29 @@ def test_attention_mask_reaches_the_model(toy):
 def test_sampler_refuses_bad_input(toy, kwargs, words):
     with pytest.raises(UsageError, match=words):
         sample(toy, _prompt(), 8, DiffusionConfig(num_steps=4), **kwargs)
+
+
+def test_threshold_reveals_confident_positions_together():
+    target = torch.randint(4, VOCAB, (2, 14), generator=gen(5))
+    calls = []
+    out = sample(Oracle(target, 0.95), target[:, :6], 8, DiffusionConfig(num_steps=8),
+                 block_length=4, threshold=0.9, on_step=lambda k, x: calls.append(x.clone()))
+    assert torch.equal(out, target) and len(calls) == 2  # one step per block
+    calls.clear()
+    out = sample(Oracle(target, 0.5), target[:, :6], 8, DiffusionConfig(num_steps=8),
+                 block_length=4, threshold=0.9, on_step=lambda k, x: calls.append(x.clone()))
+    assert torch.equal(out, target) and len(calls) == 8  # at least one per step
+    assert [int((c[0, 6:] == MASK).sum()) for c in calls] == [7, 6, 5, 4, 3, 2, 1, 0]
+
+
+def test_on_step_counts_steps(toy):
+    seen = []
+    sample(toy, _prompt(), 8, DiffusionConfig(num_steps=8), on_step=lambda k, x: seen.append(k))
+    assert seen == list(range(1, 9))
+
+
+def test_threshold_refuses_bad_values(toy):
+    with pytest.raises(UsageError, match="threshold"):
+        sample(toy, _prompt(), 8, DiffusionConfig(num_steps=4), threshold=0.0)
+    with pytest.raises(UsageError, match="absorbing"):
+        sample(toy, _prompt(), 8, DiffusionConfig(num_steps=4, transition="uniform"), threshold=0.5)

@@ -8,7 +8,9 @@
 - :mod:`~ldp.diffusion.loss`: paper Eq. 8 with the LLaDA/dllm SFT conventions, the head run at
   scored positions only
 - :mod:`~ldp.diffusion.sampler`: the reverse process (posterior reveal, low-confidence remasking,
-  semi-autoregressive blocks)
+  confidence-threshold parallel decoding, semi-autoregressive blocks, a per-step callback)
+- :mod:`~ldp.diffusion.rows`: the same steps for a batch of independent rows (own lengths, steps,
+  seeds), one model call per step for all of them (serving)
 - :mod:`~ldp.diffusion.elbo`: Monte-Carlo ELBO NLL bound (antithetic t) and perplexity
 
 Everything calls the model through the ``Denoiser`` interface only (``hidden_states``, ``head``,
@@ -26,13 +28,24 @@ from ldp.diffusion.loss import (
     token_nll,
     training_loss,
 )
-from ldp.diffusion.sampler import LogitsFn, draw_tokens, reveal_count, sample
+from ldp.diffusion.rows import RowResult, RowSpec, sample_rows
+from ldp.diffusion.sampler import (
+    LogitsFn,
+    StepFn,
+    draw_tokens,
+    reveal_above_threshold,
+    reveal_count,
+    sample,
+)
 from ldp.diffusion.schedule import corruption_prob, elbo_weight, loss_weight
 
 __all__ = [
     "DiffusionConfig",
     "HiddenFn",
     "LogitsFn",
+    "RowResult",
+    "RowSpec",
+    "StepFn",
     "corrupt",
     "corruption_prob",
     "diffusion_loss",
@@ -45,8 +58,10 @@ __all__ = [
     "masked_positions_nll",
     "perplexity",
     "reduce_loss",
+    "reveal_above_threshold",
     "reveal_count",
     "sample",
+    "sample_rows",
     "sample_t",
     "token_nll",
     "training_loss",
