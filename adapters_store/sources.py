@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from ldp.errors import UsageError
+from ldp.errors import UsageError, first_line
 
 from .manifest import MANIFEST, check_file_name
 
@@ -118,5 +118,4 @@ def _check_safetensors(source: Source) -> None:
             with safetensors.safe_open(str(source.path), framework="np") as f:
                 f.keys()
     except Exception as exc:  # noqa: BLE001 - SafetensorError and friends: one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"{source.name}: not a valid safetensors file ({first})") from None
+        raise UsageError(f"{source.name}: not a valid safetensors file ({first_line(exc)})") from None

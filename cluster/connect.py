@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from ldp.errors import LdpError, UsageError
+from ldp.errors import LdpError, UsageError, first_line
 from ldp.paths import cache_dir
 
 __all__ = ["ClusterHandle", "connect", "resolve_address", "worker_env"]
@@ -175,7 +175,7 @@ def connect(
         try:
             client = JobSubmissionClient(addr)
         except Exception as exc:  # ConnectionError, auth errors, bad URL
-            raise LdpError(f"cannot reach the Ray Jobs API at {addr}: {_first_line(exc)}") from exc
+            raise LdpError(f"cannot reach the Ray Jobs API at {addr}: {first_line(exc)}") from exc
         return ClusterHandle("jobs", addr, addr, runtime_env, job_client=client)
 
     import ray
@@ -198,7 +198,7 @@ def connect(
                 runtime_env=runtime_env,
             )
         except Exception as exc:
-            raise LdpError(f"could not start a local Ray: {_first_line(exc)}") from exc
+            raise LdpError(f"could not start a local Ray: {first_line(exc)}") from exc
         gcs = info.address_info.get("gcs_address") or ray.get_runtime_context().gcs_address
         return ClusterHandle("local", gcs, _dashboard_url(info), runtime_env, owns_driver=True)
 
@@ -211,7 +211,7 @@ def connect(
     try:
         info = ray.init(address=addr, runtime_env=None if in_job else runtime_env)
     except Exception as exc:
-        raise LdpError(f"cannot reach Ray at {addr}: {_first_line(exc)}") from exc
+        raise LdpError(f"cannot reach Ray at {addr}: {first_line(exc)}") from exc
     return ClusterHandle("ray", addr, _dashboard_url(info), runtime_env, owns_driver=True)
 
 
@@ -220,8 +220,3 @@ def _dashboard_url(info: Any) -> str | None:
     if not url:
         return None
     return url if "://" in url else f"http://{url}"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ldp.errors import LdpError, UsageError
+from ldp.errors import LdpError, UsageError, first_line
 from ldp.paths import ldp_home
 
 __all__ = [
@@ -398,7 +398,7 @@ def head_status(address: str | None = None) -> dict[str, Any]:
     try:
         ray.init(address=out["address"], log_to_driver=False, logging_level="ERROR")
     except Exception as exc:  # noqa: BLE001 - reported as unreachable, with the reason
-        out["error"] = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        out["error"] = first_line(exc)
         return out
     try:
         out["resources"] = cluster_resources().as_dict()

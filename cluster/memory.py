@@ -39,12 +39,12 @@ final-state adapter the base runs without autograd, so they are small.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ldp.errors import LdpError, UsageError
+from ldp.units import format_bytes  # re-exported: the cluster layer's callers use it from here
 
 __all__ = [
     "OPTIMIZER_STATE_BYTES",
@@ -285,13 +285,3 @@ def memory_table(
             )
         )
     return rows
-
-
-def format_bytes(n: float) -> str:
-    """``13.5 GB``-style decimal units (as GPU memory is sold: an "80 GB" GPU)."""
-    if n < 0 or math.isnan(n):
-        raise ValueError(f"bytes must be >= 0, got {n}")
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{int(n)} B"

@@ -41,11 +41,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ldp.errors import LdpError, UsageError
+from ldp.errors import LdpError, UsageError, first_line
 from ldp.jobs import records
 from ldp.jobs.execute import execute
 
-__all__ = ["launch", "run_job"]
+__all__ = ["launch", "relaunch", "run_job"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -77,6 +77,40 @@ def launch(
     else:
         _spawn_detached(record.job_id, ray_address)
     return record.job_id
+
+
+def relaunch(job_id: str, *, wait: bool, address: str | None = None) -> str:
+    """Run a FAILED or STOPPED local job again under the same id (``ldp submit --resume``).
+
+    The job's spec is read from its record and checked again; the record goes back to PENDING
+    (its ``extra["attempts"]`` counts the runs). Training resumes from the last checkpoint because
+    Ray Train finds the run folder ``<storage>/<job id>`` again (the job id is the run's name)."""
+    from ldp.cluster import resolve_address
+    from ldp.jobs.spec import validate_spec
+
+    record = records.get_job(job_id)  # also turns a job whose process died into FAILED
+    if record.address is not None:
+        raise UsageError(f"job {job_id} ran on {record.address}; resume it there (ldp submit --resume runs local records)")
+    if record.state == "SUCCEEDED":
+        raise UsageError(f"job {job_id} SUCCEEDED; nothing to resume")
+    if record.state not in ("FAILED", "STOPPED"):
+        raise UsageError(f"job {job_id} is {record.state}; only a FAILED or STOPPED job can be resumed")
+    spec = records.read_spec(job_id)
+    validate_spec(spec, local=address is None)
+    kind, addr = resolve_address(address)
+    if kind == "jobs":
+        raise UsageError("--resume runs the job's driver here: give a Ray address (host:port), not the Jobs API")
+    attempts = int(record.extra.get("attempts", 1)) + 1
+    records.update_job(
+        job_id, state="PENDING", error=None, ended_at=None, started_at=None, pid=None, pid_started=None,
+        extra={**record.extra, "attempts": attempts, "resumed_after": record.error},
+    )
+    ray_address = None if kind == "local" else addr
+    if wait:
+        run_job(job_id, address=ray_address)
+    else:
+        _spawn_detached(job_id, ray_address)
+    return job_id
 
 
 # -- running a job from its record --------------------------------------------------------------
@@ -130,11 +164,7 @@ def run_job(
 
 
 def _error_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else ""
-    if isinstance(exc, LdpError):
-        return first or type(exc).__name__
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return first_line(exc, with_type=True)
 
 
 @contextlib.contextmanager
@@ -262,7 +292,7 @@ def _submit_remote(spec: dict[str, Any], job_id: str | None, address: str, wait:
             metadata={"ldp_job_id": job_id, "ldp_kind": record.kind, "ldp_label": record.label},
         )
     except Exception as exc:
-        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        line = first_line(exc)
         records.update_job(job_id, state="FAILED", ended_at=time.time(), error=line)
         raise LdpError(f"could not submit job {job_id} to {address}: {line}") from exc
     print(f"[ldp] submitted {job_id} to {address}", file=sys.stderr, flush=True)

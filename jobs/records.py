@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from ldp.errors import LdpError, NotFoundError, UsageError
+from ldp.errors import LdpError, NotFoundError, UsageError, first_line
 from ldp.paths import ldp_home
 
 __all__ = [
@@ -313,7 +313,7 @@ def remote_client(address: str):
     try:
         return JobSubmissionClient(addr)
     except Exception as exc:  # ConnectionError, 401 without the token, bad URL
-        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        line = first_line(exc)
         raise LdpError(f"cannot reach the Ray Jobs API at {addr}: {line}") from exc
 
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from ldp.config import build, to_dict
 from ldp.errors import UsageError
 
-__all__ = ["JobSpec", "validate_spec", "train_config", "BASE_WARM_START_STEPS"]
+__all__ = ["BASE_WARM_START_STEPS", "MAX_STEPS", "JobSpec", "check_spec", "train_config", "validate_spec"]
 
 BASE_WARM_START_STEPS = 150
 """Steps of the masked-diffusion warm start that builds the default ``tiny`` base on first use."""
@@ -60,7 +60,7 @@ class JobSpec:
         if self.max_failures < 0:
             raise ValueError("max_failures must be >= 0")
         # Ray workers run in other folders (and on other machines): local paths travel absolute.
-        self.data_dir = _absolute(self.data_dir)
+        self.data_dir = self.data_dir if self.data_dir == "hub" else _absolute(self.data_dir)
         self.registry = _absolute(self.registry)
         self.storage_path = _absolute(self.storage_path)
         if self.base is not None and not self.base.startswith("bases/"):
@@ -94,26 +94,145 @@ def train_config(spec: JobSpec, base: str | None = None) -> dict[str, Any]:
     return to_dict(validate(data))
 
 
-def validate_spec(data: dict[str, Any]) -> JobSpec:
-    """Build the spec and its recipe config; check the base exists or can be built."""
+MAX_STEPS = 100_000_000
+"""More optimiser steps than any job could run: a larger number is a typo (``1e23``)."""
+
+_DS_SECTIONS = ("zero_optimization", "bf16", "fp16", "optimizer", "scheduler", "activation_checkpointing")
+
+
+def _check_numbers(spec: JobSpec, cfg: Any) -> None:
+    """Values the recipe would only trip over after training (evaluation settings) or never
+    (a step count no job can reach), refused now."""
+    loop, ev = cfg.loop, cfg.eval
+    if loop.max_steps > MAX_STEPS:
+        raise UsageError(f"steps: {loop.max_steps} is more than {MAX_STEPS:,}")
+    if not (0 < cfg.optim.lr < 10):
+        raise UsageError(f"optim.lr must be in (0, 10), got {cfg.optim.lr}")
+    if ev.batch_size < 1:
+        raise UsageError(f"eval.batch_size must be >= 1, got {ev.batch_size}")
+    if ev.steps is not None and ev.steps < 1:
+        raise UsageError(f"eval.steps must be >= 1, got {ev.steps}")
+    if ev.elbo_samples < 1:
+        raise UsageError(f"eval.elbo_samples must be >= 1, got {ev.elbo_samples}")
+    if spec.base_steps < 1:
+        raise UsageError(f"base_steps must be >= 1, got {spec.base_steps}")
+    for key in _DS_SECTIONS:
+        if key in spec.deepspeed and not isinstance(spec.deepspeed[key], dict):
+            raise UsageError(f"deepspeed.{key}: expected a section (mapping), got {spec.deepspeed[key]!r}")
+    stage = (spec.deepspeed.get("zero_optimization") or {}).get("stage")
+    if stage is not None and stage not in (0, 1, 2, 3):
+        raise UsageError(f"deepspeed.zero_optimization.stage must be 0-3, got {stage!r}")
+
+
+def _check_locations(spec: JobSpec) -> None:
+    """URLs with a scheme fsspec cannot serve, and local folders that cannot be written."""
+    import os
+    from pathlib import Path
+
+    for name in ("registry", "data_dir", "storage_path"):
+        value = getattr(spec, name)
+        if value and "://" in value:
+            scheme = value.split("://", 1)[0].lower()
+            allowed = ("file", "s3") if name == "registry" else ("file", "s3", "gs", "gcs", "az", "abfs")
+            if scheme not in allowed:
+                raise UsageError(f"{name}: unsupported URL scheme {scheme!r} in {value} (use a folder or s3://)")
+    if spec.data_dir and "://" not in spec.data_dir and spec.data_dir != "hub" and not Path(spec.data_dir).is_dir():
+        raise UsageError(f"data_dir: no such folder: {spec.data_dir}")
+    for name in ("registry", "storage_path"):
+        value = getattr(spec, name)
+        if value and "://" not in value:
+            path = Path(value)
+            probe = next((p for p in (path, *path.parents) if p.exists()), None)
+            if probe is None or not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+                raise UsageError(f"{name}: {value} is not a writable folder")
+
+
+def _check_data(spec: JobSpec) -> None:
+    """The task's training and validation data exist in a local mirror (the hub is checked by
+    the loader itself; it cannot be reached cheaply)."""
+    if not spec.data_dir or "://" in spec.data_dir or spec.data_dir == "hub":
+        return
+    from pathlib import Path
+
+    from ldp.data.tasks import get_task
+
+    task = get_task(spec.task)
+    for split in ("train", "validation"):
+        paths = [Path(spec.data_dir) / task.name / f"{split}{suffix}" for suffix in (".jsonl", ".parquet")]
+        if not any(p.is_file() and p.stat().st_size > 0 for p in paths):
+            raise UsageError(f"no {split} data for {task.name}: {paths[0]} is missing or empty")
+
+
+def _check_resources(spec: JobSpec) -> None:
+    """Workers and GPUs an embedded local Ray on this machine could never give (a remote
+    cluster's resources are checked by the runner when it connects)."""
+    import os
+
+    if os.environ.get("RAY_ADDRESS"):
+        return
+    cpus = os.cpu_count() or 1
+    if spec.workers > cpus:
+        raise UsageError(
+            f"--workers {spec.workers} needs {spec.workers} CPUs; this machine has {cpus} "
+            "(use --address for a cluster)"
+        )
+    if spec.use_gpu:
+        try:
+            import torch
+
+            have = torch.cuda.device_count()
+        except Exception:  # noqa: BLE001 - no CUDA build at all
+            have = 0
+        if have < spec.workers:
+            raise UsageError(
+                f"use_gpu with {spec.workers} worker(s) needs {spec.workers} GPU(s); this machine has "
+                f"{have} (use --address for a GPU cluster)"
+            )
+
+
+def check_spec(spec: JobSpec) -> dict[str, Any]:
+    """Every check that needs no network and no model: the recipe config, numbers, locations,
+    the local data mirror. Returns the recipe config dict."""
+    from ldp.training.recipes.adapter import validate
+
+    config = train_config(spec)
+    _check_numbers(spec, validate(config))
+    _check_locations(spec)
+    _check_data(spec)
+    return config
+
+
+def validate_spec(data: dict[str, Any], *, local: bool = True) -> JobSpec:
+    """Build the spec and check everything before any expensive work: :func:`check_spec`, the
+    resources an embedded Ray would have (``local``), the registry reachable, and the base
+    present there (or buildable: the default ``tiny``)."""
     spec = build(JobSpec, data)
-    train_config(spec)
+    check_spec(spec)
+    if local:
+        _check_resources(spec)
     from ldp.bases import is_registry_ref
+    from ldp.errors import LdpError, NotFoundError, first_line
 
     ref = spec.base_ref
     if is_registry_ref(ref):
         from ldp.store import Registry
 
-        reg = Registry(spec.registry)
         try:
+            reg = Registry(spec.registry)
             reg.resolve(ref)
-        except Exception as exc:  # NotFoundError and friends
+        except NotFoundError as exc:
             buildable = spec.size == "tiny" and spec.auto_base and spec.base is None
             if not buildable:
                 raise UsageError(
                     f"no base {ref} in registry {reg.url}: pass --base REF/FOLDER or build one with "
                     f"`ldp pretrain --size {spec.size}`"
                 ) from exc
+        except LdpError:
+            raise
+        except Exception as exc:  # unreachable store, missing credentials, bad bucket
+            raise LdpError(
+                f"registry {spec.registry or 'default'} unreachable: {first_line(exc, with_type=True)}"
+            ) from exc
     else:
         from ldp.bases import resolve_base
 

@@ -9,6 +9,7 @@ or the CLI) into those objects and back, refusing unknown keys and ill-typed val
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -16,9 +17,17 @@ from typing import Any, TypeVar
 
 import yaml
 
-from ldp.errors import UsageError
+from ldp.errors import UsageError, first_line
 
-__all__ = ["build", "load", "to_dict", "parse_overrides", "apply_overrides", "dump_yaml"]
+__all__ = [
+    "apply_overrides",
+    "build",
+    "dump_yaml",
+    "load",
+    "parse_overrides",
+    "read_mapping",
+    "to_dict",
+]
 
 T = TypeVar("T")
 
@@ -79,22 +88,46 @@ def build(cls: type[T], data: dict[str, Any] | None, *, where: str = "") -> T:
         raise UsageError(f"invalid config{' ' + where.rstrip('.') if where else ''}: {exc}") from None
 
 
+def read_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML file's top-level mapping, checked: it exists, is UTF-8, parses, is a mapping
+    whose keys (at every depth) are strings. Anything else raises one :class:`UsageError` line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file not found: {path}")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path}: not valid YAML ({first_line(exc)})") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise UsageError(f"{path}: expected a mapping at the top level")
+    _check_keys(loaded, path, "")
+    return loaded
+
+
+def _check_keys(node: Any, path: Path, where: str) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if not isinstance(key, str):
+                raise UsageError(f"{path}: key {key!r}{' under ' + where.rstrip('.') if where else ''} is not a string")
+            _check_keys(value, path, f"{where}{key}.")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_keys(value, path, f"{where}{i}.")
+
+
 def load(
     cls: type[T], path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None
 ) -> T:
     """Load ``cls`` from a YAML file (optional) and apply ``--set`` style overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise UsageError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise UsageError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise UsageError(f"{path}: expected a mapping at the top level")
-        data = loaded or {}
+    data = read_mapping(path) if path is not None else {}
     if overrides:
         ov = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
         data = apply_overrides(data, ov)
@@ -171,18 +204,23 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, float) and value.is_integer():
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
             return int(value)
         raise UsageError(f"{key}: expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)  # YAML reads "1e-4" as a string
+                number = float(value)  # YAML reads "1e-4" as a string
             except ValueError:
                 pass
-        raise UsageError(f"{key}: expected a number, got {value!r}")
+        if number is None:
+            raise UsageError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(number):
+            raise UsageError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

@@ -6,7 +6,7 @@ stderr and an exit code, never a traceback.
 
 from __future__ import annotations
 
-__all__ = ["LdpError", "UsageError", "NotFoundError", "IntegrityError"]
+__all__ = ["LdpError", "UsageError", "NotFoundError", "IntegrityError", "first_line"]
 
 
 class LdpError(Exception):
@@ -27,3 +27,20 @@ class NotFoundError(LdpError):
 
 class IntegrityError(LdpError):
     """Stored data failed verification: checksum or size mismatch (exit code 1)."""
+
+
+def first_line(error: BaseException | str, *, with_type: bool = False) -> str:
+    """The first non-empty line of an exception's (or a text's) message: what the CLI prints.
+
+    An exception with an empty message gives its class name; ``with_type`` prefixes the class
+    name (``OSError: ...``) for errors that are not LDP's own, whose type tells the reader more.
+    """
+    text = str(error).strip()
+    line = text.splitlines()[0].strip() if text else ""
+    if isinstance(error, BaseException):
+        name = type(error).__name__
+        if not line:
+            return name
+        if with_type and not isinstance(error, LdpError):
+            return f"{name}: {line}"
+    return line

@@ -2,7 +2,8 @@
 
 Exit codes: 0 success, 1 a failure the user can act on (:class:`ldp.errors.LdpError`), 2 bad
 usage (unknown option, invalid value or config). Errors print one line on stderr, no traceback;
-``LDP_DEBUG=1`` re-raises for developers.
+any other exception is caught last and printed as one line too. ``--debug`` (or ``LDP_DEBUG=1``)
+re-raises for developers.
 
 Command modules import their heavy dependencies (torch, Ray) inside the command functions, so
 ``ldp --help`` stays fast.
@@ -21,7 +22,7 @@ try:  # typer >= 0.29 vendors its own click; older typer uses the click package
 except ImportError:  # pragma: no cover
     from click import exceptions as click_exc
 
-from ldp.errors import LdpError
+from ldp.errors import LdpError, first_line
 
 __all__ = ["app", "main"]
 
@@ -48,6 +49,7 @@ COMMAND_MODULES = [
     "ldp.cli.serve",  # serve, generate
     "ldp.cli.cluster",  # cluster up|down|status
     "ldp.cli.tasks",
+    "ldp.cli.infra",  # infra check
 ]
 
 
@@ -70,17 +72,25 @@ def _register_all() -> None:
 
 
 def _fail(message: str, code: int) -> int:
-    first = message.strip().splitlines()[0] if message.strip() else "failed"
+    first = first_line(message) or "failed"
     print(f"ldp: error: {first}", file=sys.stderr)
     return code
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns (and, as a console script, exits with) the exit code."""
+    """Run the CLI; returns (and, as a console script, exits with) the exit code.
+
+    ``--debug`` anywhere before a ``--`` (or ``LDP_DEBUG=1``) shows the traceback of an error
+    instead of its one line."""
     _register_all()
     command = typer.main.get_command(app)
+    args = list(sys.argv[1:] if argv is None else argv)
+    head = args[: args.index("--")] if "--" in args else args
+    debug = bool(os.environ.get("LDP_DEBUG")) or "--debug" in head
+    if "--debug" in head:
+        args.remove("--debug")
     try:
-        rv = command.main(args=argv, prog_name="ldp", standalone_mode=False)
+        rv = command.main(args=args, prog_name="ldp", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
     except typer.Exit as exc:
         code = exc.exit_code
@@ -94,11 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     except click_exc.ClickException as exc:
         code = _fail(exc.format_message(), exc.exit_code or 1)
     except LdpError as exc:
-        if os.environ.get("LDP_DEBUG"):
+        if debug:
             raise
         code = _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         code = _fail("interrupted", 130)
+    except Exception as exc:  # the last resort: a bug or an unforeseen failure, still one line
+        if debug:
+            raise
+        code = _fail(f"{first_line(exc, with_type=True)} (run with --debug for the traceback)", 1)
     if argv is None:
         sys.exit(code)
     return code

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from ldp.errors import IntegrityError, UsageError
+from ldp.units import format_bytes
 
 __all__ = ["register", "registry_app"]
 
@@ -61,12 +62,7 @@ def _print_json(data: Any) -> None:
 
 
 def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
+    return format_bytes(n, binary=True)
 
 
 def _console():

@@ -12,6 +12,8 @@ from typing import Any
 
 import typer
 
+from ldp.units import format_bytes, format_count
+
 __all__ = ["register", "size_rows", "COLUMNS"]
 
 COLUMNS: list[tuple[str, str]] = [
@@ -55,40 +57,19 @@ def size_rows(names: list[str] | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-def _human_count(n: int) -> str:
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return str(n)
-
-
-def _human_bytes(n: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
-
-
 def _cell(key: str, value: Any) -> str:
     if key == "params":
-        return _human_count(value)
+        return format_count(value)
     if key.endswith("bytes"):
-        return _human_bytes(value)
+        return format_bytes(value)
     return str(value)
 
 
 def trainable_on_meta(size: str, method: str = "lora-diffusion") -> int:
     """Trainable parameters of ``method``'s default config on ``size``, counted on meta."""
-    import torch
+    from ldp.jobs.plan import trainable_on_meta as count
 
-    from ldp.methods import attach
-    from ldp.models.native import DiffusionTransformer
-    from ldp.models.sizes import size_config
-
-    with torch.device("meta"):
-        base = DiffusionTransformer(size_config(size))
-        model = attach(base, method, base_hash="meta")
-    return sum(p.numel() for p in model.trainable_parameters())
+    return count(size, method)
 
 
 def memory_rows(rows: list[dict[str, Any]], gpus: int, gpu_mem_gb: float) -> list[dict[str, Any]]:
@@ -150,9 +131,9 @@ def sizes(
         mt.add_column(title, justify="left" if title in ("size", "method", "auto") else "right")
     for m in memory:
         cells = [
-            _human_bytes(m["per_gpu_bytes"][s]) + ("" if m["fits"][s] else " ✗") for s in strategies
+            format_bytes(m["per_gpu_bytes"][s]) + ("" if m["fits"][s] else " ✗") for s in strategies
         ]
-        mt.add_row(m["size"], m["method"], _human_count(m["trainable_params"]), *cells, m["auto"] or "none fits")
+        mt.add_row(m["size"], m["method"], format_count(m["trainable_params"]), *cells, m["auto"] or "none fits")
     console.print(mt)
 
 
