@@ -8,6 +8,9 @@ kind        function                             what it does
 adapter     ``ldp.jobs.adapter_job:execute``     trains one task adapter, publishes it
 sweep       ``ldp.jobs.sweep:execute``           Ray Tune over an adapter job's config; the
                                                  best adapter and the sweep record published
+train-all   ``ldp.jobs.train_all:execute``       every task adapter (Ray tasks), the router,
+                                                 the composition bundle
+router      ``ldp.jobs.router_job:execute``      the router over published adapters
 ==========  ===================================  ==========================================
 
 A kind may also be given as an import path ``"package.module:function"``; that is how tests and
@@ -33,6 +36,8 @@ JobFn = Callable[[dict[str, Any], str], dict[str, Any]]
 JOB_KINDS: dict[str, str | JobFn] = {
     "adapter": "ldp.jobs.adapter_job:execute",
     "sweep": "ldp.jobs.sweep:execute",
+    "train-all": "ldp.jobs.train_all:execute",
+    "router": "ldp.jobs.router_job:execute",
 }
 
 

@@ -1,0 +1,314 @@
+"""Job kind ``train-all``: every task adapter, then the router, then a bundle.
+
+1. Resolve the base once to a concrete version (building the default ``tiny`` base on first use),
+   so every child trains on the same one.
+2. Skip tasks without local data (one line each, when a local mirror is in use).
+3. For each task: reuse an adapter already published for the same resolved job spec
+   (:func:`ldp.jobs.train_all_spec.spec_hash`), else run its adapter job as a Ray task. Each
+   child is an ordinary job with its own record (``ldp status``/``ldp logs`` work on it, and the
+   Ray dashboard lists it as ``adapter:<task>``). Ray places the tasks; the number in flight is
+   capped by ``max_parallel`` and by how many adapter worker groups the cluster's CPUs hold at
+   once (a Train worker group that cannot be placed waits and then fails its start, so the
+   pipeline never hands Ray more than it can place). A failed task is reported with its error;
+   the others go on.
+4. Train the router over the adapters that exist (a ``router`` child job, reused when one was
+   published for the same adapters and settings).
+5. Optionally evaluate the composition per task (router / uniform / oracle / base; Table 11).
+6. Publish ``bundles/<name>@N``: the base ref and digest, each adapter ref, the router ref, the
+   per-task metrics and the pipeline spec. No router, no bundle.
+
+A killed pipeline rerun with the same spec reuses every adapter it had published.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ldp.config import to_dict
+from ldp.errors import LdpError
+
+__all__ = ["execute", "find_published_adapter"]
+
+
+def find_published_adapter(reg, task: str, method: str, want: str) -> str | None:
+    """The newest ``adapters/<task>/<method>@N`` whose resolved job spec hashes to ``want``:
+    from its registry metadata (``spec_hash``) or recomputed from its ``job_spec.yaml``."""
+    import yaml
+
+    from ldp.errors import NotFoundError
+    from ldp.jobs.train_all_spec import spec_hash
+
+    try:
+        versions = reg.ls(f"adapters/{task}/{method}")
+    except NotFoundError:
+        return None
+    for info in sorted(versions, key=lambda v: -int(v.ref.version)):
+        manifest = reg.open_manifest(info.ref)
+        found = (manifest.metadata or {}).get("spec_hash")
+        if found is None and "job_spec.yaml" in manifest.files:
+            try:
+                found = spec_hash(yaml.safe_load(reg.read_bytes(info.ref, "job_spec.yaml")) or {})
+            except Exception:  # noqa: BLE001 - an unreadable old spec just does not match
+                found = None
+        if found == want:
+            return str(info.ref)
+    return None
+
+
+def _has_data(task: str, data_dir: str | None) -> str | None:
+    """None when ``task`` has train and validation data, else why not (one line)."""
+    from ldp.data.loading import mirror_file, resolve_data_dir
+
+    location = resolve_data_dir(data_dir)
+    if location is None:
+        return None  # the hub: reachable or not, the child job reports it
+    missing = [s for s in ("train", "validation") if mirror_file(task, s, location) is None]
+    if missing:
+        return f"no {'/'.join(missing)} split in the data mirror {location}"
+    return None
+
+
+def _slots(workers: int) -> int:
+    """Adapter worker groups (``workers`` CPUs each) the cluster holds at once."""
+    import ray
+
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    return max(1, int(cpus // max(1, workers)))
+
+
+class _Progress:
+    """The task -> state -> metric table, printed whenever something changes."""
+
+    def __init__(self, tasks: list[str], log) -> None:
+        self.rows = {t: {"state": "pending", "metric": "", "ref": "", "job": ""} for t in tasks}
+        self.log = log
+
+    def set(self, task: str, **changes: Any) -> None:
+        self.rows.setdefault(task, {"state": "", "metric": "", "ref": "", "job": ""}).update(changes)
+        self.show()
+
+    def show(self) -> None:
+        width = max(len(t) for t in self.rows)
+        lines = ["[ldp] train-all progress:"]
+        for task, r in self.rows.items():
+            detail = "  ".join(x for x in (r["metric"], r["ref"], r["job"]) if x)
+            lines.append(f"  {task:<{width}}  {r['state']:<9} {detail}")
+        self.log("\n".join(lines))
+
+
+def _metric_text(result: dict[str, Any]) -> str:
+    ev = result.get("evaluation") or {}
+    primary = ev.get("primary")
+    if primary and primary in (ev.get("metrics") or {}):
+        return f"{primary}={ev['metrics'][primary]:.3f}"
+    return ""
+
+
+def _child_env() -> dict[str, str]:
+    keys = ("LDP_HOME", "LDP_REGISTRY", "LDP_DATA_DIR", "LDP_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    return {k: os.environ[k] for k in keys if os.environ.get(k)}
+
+
+def _run_adapter_jobs(spec, todo: dict[str, dict], parent: str, progress: _Progress, log) -> tuple[dict, dict]:
+    """Run the child adapter jobs as Ray tasks; ``({task: result}, {task: error})``."""
+    import ray
+
+    from ldp.jobs import records
+
+    @ray.remote(num_cpus=0, max_retries=0)
+    def run_child(job_id: str, child: dict[str, Any]) -> dict[str, Any]:
+        from ldp.jobs.launch import run_job
+
+        return run_job(job_id, spec=child)
+
+    limit = min(spec.max_parallel or 10**6, _slots(spec.workers))
+    log(f"[ldp] {len(todo)} adapter job(s), at most {limit} at once")
+    queue = list(todo.items())
+    running: dict[Any, tuple[str, str]] = {}
+    done: dict[str, dict] = {}
+    failed: dict[str, str] = {}
+    while queue or running:
+        while queue and len(running) < limit:
+            task, child = queue.pop(0)
+            job_id = f"{parent}-{task}"
+            records.create_job(child, job_id=job_id, label=task)
+            ref = run_child.options(name=f"adapter:{task}", runtime_env={"env_vars": _child_env()}).remote(job_id, child)
+            running[ref] = (task, job_id)
+            progress.set(task, state="running", job=job_id)
+        ready, _ = ray.wait(list(running), num_returns=1)
+        for ref in ready:
+            task, job_id = running.pop(ref)
+            try:
+                result = ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - any child failure is reported, others go on
+                error = _child_error(job_id, exc)
+                failed[task] = error
+                progress.set(task, state="FAILED", metric=error[:80])
+                continue
+            done[task] = result
+            progress.set(task, state="trained", metric=_metric_text(result), ref=result.get("ref", ""))
+    return done, failed
+
+
+def _child_error(job_id: str, exc: BaseException) -> str:
+    from ldp.jobs import records
+
+    try:
+        error = records.get_job(job_id).error
+    except Exception:  # noqa: BLE001
+        error = None
+    if error:
+        return error
+    cause = getattr(exc, "cause", None) or exc
+    text = str(cause).strip().splitlines()
+    return text[-1] if text else type(cause).__name__
+
+
+def execute(spec_dict: dict[str, Any], job_id: str, *, log=print) -> dict[str, Any]:
+    from ldp.cluster import connect
+    from ldp.jobs.adapter_job import ensure_base
+    from ldp.jobs.spec import JobSpec
+    from ldp.jobs.train_all_spec import child_spec, spec_hash, validate_pipeline
+    from ldp.store import Registry
+
+    spec = validate_pipeline(spec_dict)
+    started = time.perf_counter()
+    reg = Registry(spec.registry)
+    progress = _Progress(spec.tasks, log)
+
+    tasks = []
+    for task in spec.tasks:
+        why = _has_data(task, spec.data_dir)
+        if why:
+            log(f"[ldp] skipping {task}: {why}")
+            progress.rows.pop(task, None)
+        else:
+            tasks.append(task)
+    if not tasks:
+        raise LdpError("no task has data to train on")
+
+    base = ensure_base(JobSpec(**{k: v for k, v in child_spec(spec, tasks[0]).items() if k != "kind"}), log=log)
+    log(f"[ldp] base: {base}")
+    adapters: dict[str, str] = {}
+    metrics: dict[str, dict[str, Any]] = {}
+    todo: dict[str, dict] = {}
+    for task in tasks:
+        child = child_spec(spec, task, base)
+        found = find_published_adapter(reg, task, spec.method, spec_hash(child))
+        if found:
+            adapters[task] = found
+            ev = (reg.read_json(found, "metrics.json") or {}).get("evaluation") or {}
+            metrics[task] = {"adapter": ev}
+            progress.rows[task].update(state="reused", ref=found, metric=_metric_text({"evaluation": ev}))
+            log(f"[ldp] {task}: reusing {found} (published for the same job spec)")
+        else:
+            todo[task] = child
+    progress.show()
+
+    handle = connect()
+    try:
+        done, failed = _run_adapter_jobs(spec, todo, job_id, progress, log) if todo else ({}, {})
+        for task, result in done.items():
+            adapters[task] = result["ref"]
+            metrics[task] = {"adapter": result.get("evaluation") or {}}
+        ordered = {t: adapters[t] for t in tasks if t in adapters}
+        if not ordered:
+            raise LdpError("no adapter trained: " + "; ".join(f"{t}: {e}" for t, e in failed.items()))
+        router_ref = _router(spec, base, ordered, job_id, reg, progress, log)
+    finally:
+        handle.shutdown()
+
+    comparison = None
+    if spec.compare:
+        comparison = _compare(spec, ordered, base, router_ref, log)
+    bundle_ref = _publish_bundle(spec, reg, base, ordered, router_ref, metrics, failed, comparison, job_id)
+    missing = [t for t in spec.tasks if t not in ordered]
+    seconds = round(time.perf_counter() - started, 1)
+    log(f"[ldp] published {bundle_ref} ({len(ordered)} adapters, router {router_ref}) in {seconds}s"
+        + (f"; missing: {', '.join(missing)}" if missing else ""))
+    if comparison:
+        from ldp.evaluation.composition import format_comparison
+
+        log(format_comparison(comparison))
+    return {
+        "ref": bundle_ref, "router": router_ref, "adapters": ordered, "failed": failed,
+        "missing": missing, "seconds": seconds, "comparison": comparison,
+        "metrics": _headline(comparison),
+    }
+
+
+def _router(spec, base: str, adapters: dict[str, str], parent: str, reg, progress: _Progress, log) -> str:
+    from ldp.jobs import records
+    from ldp.jobs.launch import run_job
+    from ldp.jobs.router_job import find_published
+    from ldp.jobs.train_all_spec import router_job_spec
+
+    rspec = router_job_spec(spec, base, adapters)
+    found = find_published(reg, rspec)
+    if found:
+        progress.set("(router)", state="reused", ref=found)
+        log(f"[ldp] router: reusing {found} (published for the same adapters and settings)")
+        return found
+    job_id = f"{parent}-router"
+    records.create_job(rspec, job_id=job_id, label="router")
+    progress.set("(router)", state="running", job=job_id)
+    try:
+        result = run_job(job_id)
+    except Exception as exc:
+        progress.set("(router)", state="FAILED", metric=str(exc).splitlines()[0][:80])
+        raise LdpError(f"the router job {job_id} failed, no bundle published: {str(exc).splitlines()[0]}") from exc
+    progress.set("(router)", state="trained", ref=result["ref"])
+    return result["ref"]
+
+
+def _compare(spec, adapters: dict[str, str], base: str, router: str, log) -> dict[str, Any] | None:
+    from ldp.evaluation.composition import compare, load_bundle
+
+    with tempfile.TemporaryDirectory(prefix="ldp-bundle-") as tmp:
+        folder = Path(tmp)
+        (folder / "bundle.json").write_text(json.dumps({"base": {"ref": base}, "adapters": adapters, "router": router}))
+        bundle = load_bundle(str(folder), spec.registry)
+    log(f"[ldp] evaluating the composition on {len(adapters)} task(s) (router, uniform, oracle, base)")
+    return compare(bundle, list(adapters), data_dir=spec.data_dir, limit=spec.eval_limit, log=lambda m: log(f"[ldp]   {m}"))
+
+
+def _headline(comparison: dict[str, Any] | None) -> dict[str, float]:
+    if not comparison:
+        return {}
+    out = {}
+    if "router_accuracy" in comparison:
+        out["router_accuracy"] = comparison["router_accuracy"]["overall"]
+    for col in ("auto", "uniform", "oracle", "base"):
+        vals = [r[col] for r in comparison["rows"] if col in r]
+        if vals:
+            out[f"mean_{col}"] = sum(vals) / len(vals)
+    return out
+
+
+def _publish_bundle(spec, reg, base, adapters, router, metrics, failed, comparison, job_id) -> str:
+    digest = reg.digest(base) if base.startswith("bases/") else None
+    doc = {
+        "base": {"ref": base, "digest": digest},
+        "tasks": list(adapters),
+        "adapters": adapters,
+        "router": router,
+        "metrics": metrics,
+        "comparison": comparison,
+        "failed": failed,
+        "pipeline": to_dict(spec),
+    }
+    with tempfile.TemporaryDirectory(prefix=f"ldp-{job_id}-") as tmp:
+        folder = Path(tmp)
+        (folder / "bundle.json").write_text(json.dumps(doc, indent=2))
+        (folder / "metrics.json").write_text(json.dumps({"tasks": metrics, "comparison": comparison}, indent=2))
+        ref = reg.publish(
+            f"bundles/{spec.bundle_name}", folder, job=job_id,
+            base=base if base.startswith("bases/") else None,
+            metadata={"tasks": list(adapters), "router": router, "failed": sorted(failed)},
+        )
+    return str(ref)

@@ -1,0 +1,138 @@
+"""``ldp train-all`` end to end on a real local Ray: adapters as Ray tasks, the router, the bundle;
+a pipeline killed after its second adapter resumes by reusing both. Bad input exits 2 before Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ldp.cli.main import main
+
+from .conftest import subprocess_env
+
+TASKS = ["sst2", "agnews", "trec"]
+
+
+def _args(small_base, data_dir, registry):
+    return [
+        "train-all", "--tasks", ",".join(TASKS), "--base", str(small_base.folder), "--steps", "2",
+        "--router-steps", "6", "--max-parallel", "1", "--name", "t3", "--data-dir", str(data_dir),
+        "--registry", registry,
+        "--set", "checkpoint_every=2", "--set", "loop.batch_size=8", "--set", "train_limit=32",
+        "--set", "val_limit=8", "--set", "eval.limit=8", "--set", "eval.elbo_samples=1",
+        "--set", "router.train_limit=16", "--set", "router.val_limit=4", "--set", "router.hidden=32",
+        "--set", "router.loop.batch_size=8", "--set", "eval_limit=4",
+    ]
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--tasks", "nope"], "unknown task"),
+        (["--tasks", "sst2", "--method", "weight-lora"], "cannot be routed"),
+        (["--tasks", "sst2", "--steps", "0"], "steps"),
+        (["--tasks", "sst2", "--max-parallel", "0"], "max_parallel"),
+        (["--tasks", "sst2", "--set", "router.hidden=0"], "router"),
+        (["--tasks", "sst2", "--set", "router.nope=1"], "router settings"),
+        (["--tasks", "sst2", "--name", "Bad/Name"], "bundle name"),
+        (["--tasks", "sst2,sst2"], "duplicates"),
+        (["--tasks", "sst2", "--size", "7b"], "ldp pretrain --size 7b"),
+    ],
+)
+def test_invalid_pipelines_exit_2_before_any_ray_work(args, needle, capsys, monkeypatch):
+    import ray
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started"))
+    code = main(["train-all", *args])
+    out = capsys.readouterr()
+    assert code == 2, out.err
+    assert needle in out.err and "Traceback" not in out.err
+    assert out.out == ""
+
+
+def test_spec_hash_ignores_where_and_how_often_but_not_what():
+    from ldp.jobs.train_all_spec import spec_hash
+
+    a = {"task": "sst2", "steps": 5, "storage_path": "/a", "checkpoint_every": 2, "train": {"x": 1}}
+    assert spec_hash(a) == spec_hash({**a, "storage_path": "/b", "checkpoint_every": 9})
+    assert spec_hash(a) != spec_hash({**a, "steps": 6})
+    assert spec_hash(a) != spec_hash({**a, "train": {"x": 2}})
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the pipeline and every process it started (its embedded Ray included)."""
+    import psutil
+
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    os.killpg(proc.pid, signal.SIGKILL)
+    for child in children:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_pipeline_killed_after_two_adapters_resumes_and_publishes_a_bundle(
+    small_base, data_dir, tmp_path, capsys, in_jobs_env
+):
+    from ldp.store import Registry
+
+    registry = (tmp_path / "registry").as_uri()
+    reg = Registry(registry)
+    args = _args(small_base, data_dir, registry)
+    log = open(tmp_path / "first.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "ldp", *args], stdout=log, stderr=subprocess.STDOUT,
+                            env=subprocess_env(), start_new_session=True)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            published = {v.ref.name.split("/")[0] for v in reg.ls("adapters")} if (tmp_path / "registry").exists() else set()
+            if len(published) >= 2 or proc.poll() is not None:
+                break
+            time.sleep(1.0)
+    finally:
+        _kill_tree(proc)
+        log.close()
+    first_log = (tmp_path / "first.log").read_text(errors="replace")
+    assert published == {"sst2", "agnews"}, first_log[-3000:]
+    assert not reg.ls("bundles")
+
+    code = main([*args[:1], *args[1:]])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    assert "sst2: reusing adapters/sst2/lora-diffusion@1" in out
+    assert "agnews: reusing adapters/agnews/lora-diffusion@1" in out
+    assert "bundle: bundles/t3@1" in out
+    # Exactly one version of each adapter: the first two reused, only trec trained now.
+    assert sorted(str(v.ref) for v in reg.ls("adapters")) == [
+        "adapters/agnews/lora-diffusion@1", "adapters/sst2/lora-diffusion@1", "adapters/trec/lora-diffusion@1"]
+    assert [str(v.ref) for v in reg.ls("routers")] == ["routers/t3@1"]
+    bundle = json.loads(reg.read_bytes("bundles/t3@1", "bundle.json"))
+    assert bundle["tasks"] == TASKS and bundle["router"] == "routers/t3@1"
+    assert bundle["adapters"]["trec"] == "adapters/trec/lora-diffusion@1"
+    assert bundle["base"]["ref"] == str(small_base.folder)
+    assert set(bundle["metrics"]) == set(TASKS) and bundle["pipeline"]["steps"] == 2
+    rows = {r["task"]: r for r in bundle["comparison"]["rows"]}
+    assert set(rows) == set(TASKS) and all({"auto", "uniform", "oracle", "base"} <= set(r) for r in rows.values())
+    assert 0.0 <= bundle["comparison"]["router_accuracy"]["overall"] <= 1.0
+
+    job_id = out.strip().splitlines()[0]
+    assert job_id.startswith("ldp-train-all-")
+    assert main(["status", job_id, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "SUCCEEDED"
+    assert main(["status", f"{job_id}-trec", "--json"]) == 0
+    child = json.loads(capsys.readouterr().out)
+    assert child["state"] == "SUCCEEDED" and child["result"]["ref"] == "adapters/trec/lora-diffusion@1"
+    assert main(["logs", f"{job_id}-router"]) == 0
+    assert "published routers/t3@1" in capsys.readouterr().out

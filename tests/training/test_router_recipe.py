@@ -1,0 +1,146 @@
+"""The router recipe in one process, composition evaluation, and ``ldp eval --bundle/--mix``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ldp.cli.main import main
+
+TASKS = ["sst2", "trec"]
+
+
+@pytest.fixture(scope="module")
+def adapters(small_base, data_dir, tmp_path_factory):
+    """Two tiny lora-diffusion adapters (a few steps each) on the shared small base."""
+    from ldp.jobs.recipe import train_locally
+
+    root = tmp_path_factory.mktemp("adapters")
+    out = {}
+    for task in TASKS:
+        cfg = {
+            "task": task, "base": str(small_base.folder), "data_dir": str(data_dir),
+            "train_limit": 32, "val_limit": 8, "loop": {"max_steps": 3, "batch_size": 8},
+            "optim": {"lr": 3e-3, "warmup_steps": 1}, "eval": {"limit": 8},
+            "method_config": {"ranks": [8, 4, 2], "time_embed_dim": 16},
+        }
+        train_locally("ldp.training.recipes.adapter", cfg, root / task)
+        out[task] = root / task
+    return out
+
+
+@pytest.fixture(scope="module")
+def router_folder(adapters, small_base, data_dir, tmp_path_factory):
+    from ldp.jobs.recipe import train_locally
+
+    folder = tmp_path_factory.mktemp("router") / "router"
+    cfg = {
+        "tasks": TASKS, "adapters": {t: str(p) for t, p in adapters.items()},
+        "base": str(small_base.folder), "data_dir": str(data_dir), "hidden": 64,
+        "train_limit": 48, "val_limit": 8, "loop": {"max_steps": 40, "batch_size": 16},
+        "optim": {"lr": 1e-2, "warmup_steps": 2},
+    }
+    result = train_locally("ldp.training.recipes.router", cfg, folder)
+    return folder, result
+
+
+def test_router_recipe_trains_and_exports(router_folder, adapters):
+    from ldp.methods.router import load_router
+
+    folder, result = router_folder
+    first, last = result.history[0], result.history[-1]
+    assert {"task_nll", "task_acc", "denoise"} <= set(last)
+    mean = lambda key, rows: sum(r[key] for r in rows) / len(rows)  # noqa: E731
+    assert mean("task_nll", result.history[-10:]) < 0.5 * first["task_nll"]
+    router = load_router(folder)
+    meta = json.loads((folder / "router_config.json").read_text())
+    assert router.tasks == TASKS and meta["adapters"] == {t: str(p) for t, p in adapters.items()}
+    assert meta["base_hash"] and (folder / "job_config.json").is_file()
+    assert float(router.input_scale.min()) > 0 and not torch.equal(router.input_mean, torch.zeros_like(router.input_mean))
+
+
+def test_oracle_mix_scores_exactly_as_the_adapter_alone(router_folder, adapters, small_base, data_dir):
+    from ldp.bases import load_adapted
+    from ldp.evaluation import evaluate_task
+    from ldp.evaluation.composition import MixedModel, load_bundle, parse_weights, router_accuracy
+
+    folder, _ = router_folder
+    bundle_dir = folder.parent / "bundle"
+    bundle_dir.mkdir(exist_ok=True)
+    (bundle_dir / "bundle.json").write_text(json.dumps({
+        "base": {"ref": str(small_base.folder)}, "adapters": {t: str(p) for t, p in adapters.items()},
+        "router": str(folder),
+    }))
+    bundle = load_bundle(str(bundle_dir))
+    comp = bundle.composition
+    assert comp.names == TASKS and comp.router is not None
+    kw = dict(data_dir=str(data_dir), limit=8, progress=False, elbo_samples=2)
+    oracle = evaluate_task(MixedModel(comp, parse_weights("oracle", comp.names, "trec")), bundle.tokenizer, "trec", **kw)
+    alone, tok, _ = load_adapted(str(adapters["trec"]))
+    assert oracle.predictions == evaluate_task(alone, tok, "trec", **kw).predictions
+    acc = router_accuracy(comp, bundle.tokenizer, TASKS, data_dir=str(data_dir), limit=16)
+    assert set(acc) == {*TASKS, "overall"} and acc["overall"] >= 0.75
+
+
+def test_eval_cli_bundle_and_mix(router_folder, adapters, small_base, data_dir, tmp_path, capsys):
+    folder, _ = router_folder
+    bundle_dir = folder.parent / "bundle"
+    common = ["--data-dir", str(data_dir), "--limit", "4", "--elbo-samples", "1"]
+    assert main(["eval", "--bundle", str(bundle_dir), "--task", "sst2", "--weights", "auto", "--json", "-", *common]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["weights"] == "auto" and out["n"] == 4
+    assert main(["eval", "--bundle", str(bundle_dir), "--all-tasks", *common, "--json", str(tmp_path / "t.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "router" in printed and "oracle" in printed and "sst2" in printed and "trec" in printed
+    table = json.loads((tmp_path / "t.json").read_text())
+    assert [r["task"] for r in table["rows"]] == TASKS
+    assert all({"auto", "uniform", "oracle", "base"} <= set(r) for r in table["rows"])
+    mix = f"sst2={adapters['sst2']},trec={adapters['trec']}"
+    assert main(["eval", "--mix", mix, "--task", "sst2", "--weights", '{"sst2": 0.7, "trec": 0.3}', *common]) == 0
+    capsys.readouterr()
+
+
+def _other_base(small_base, tmp_path) -> Path:
+    """The small base with one weight changed, saved as a second base."""
+    from ldp.models.loading import load_base, save_base
+
+    model, tok = load_base(small_base.folder)
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    return save_base(model, tok, tmp_path / "other_base")
+
+
+def test_mix_over_two_bases_exits_2(adapters, small_base, data_dir, tmp_path, capsys):
+    from ldp.methods import get_method
+    from ldp.methods.base import base_fingerprint
+    from ldp.models.loading import load_base
+
+    other = _other_base(small_base, tmp_path)
+    model, _ = load_base(other)
+    method = get_method("lora-diffusion")
+    foreign = method.attach(model, method.build_config({"ranks": [8, 4, 2], "time_embed_dim": 16}),
+                            base_hash=base_fingerprint(model))
+    foreign.save_adapter(tmp_path / "foreign", base_name=str(other))
+    mix = f"sst2={adapters['sst2']},foreign={tmp_path / 'foreign'}"
+    code = main(["eval", "--mix", mix, "--task", "sst2", "--weights", "uniform", "--data-dir", str(data_dir)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "must share one base" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--bundle", "bundles/x@1", "--mix", "a=b"], "not both"),
+    (["--bundle", "bundles/x@1"], "--task"),
+    (["--mix", "a=b", "--all-tasks"], "--all-tasks needs --bundle"),
+    (["--mix", "nonsense", "--task", "sst2"], "NAME=REF"),
+    (["--bundle", "bundles/x@1", "--task", "sst2", "--weights", "best"], "--weights"),
+    (["--bundle", "bundles/x@1", "--task", "nope"], "unknown task"),
+    (["--all-tasks"], "--all-tasks needs --bundle"),
+])
+def test_eval_composed_bad_input_exits_2(args, needle, capsys):
+    assert main(["eval", *args]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
