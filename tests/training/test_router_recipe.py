@@ -125,10 +125,12 @@ def test_mix_over_two_bases_exits_2(adapters, small_base, data_dir, tmp_path, ca
                             base_hash=base_fingerprint(model))
     foreign.save_adapter(tmp_path / "foreign", base_name=str(other))
     mix = f"sst2={adapters['sst2']},foreign={tmp_path / 'foreign'}"
+    capsys.readouterr()
     code = main(["eval", "--mix", mix, "--task", "sst2", "--weights", "uniform", "--data-dir", str(data_dir)])
     err = capsys.readouterr().err
     assert code == 2
-    assert "must share one base" in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("ldp: error: ") and "must share one base" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
 @pytest.mark.parametrize("args, needle", [

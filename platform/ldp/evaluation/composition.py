@@ -250,7 +250,16 @@ def load_mix(adapters: dict[str, str], registry: str | None = None, base: str | 
             if not folder.is_dir():
                 raise UsageError(f"adapter {ref!r} is neither a registry reference (adapters/TASK/METHOD@VERSION) nor a folder")
             folders[name], refs[name] = folder, str(folder)
-    first = read_adapter_config(next(iter(folders.values())))
+    metas = {name: read_adapter_config(folder) for name, folder in folders.items()}
+    first_name, first = next(iter(metas.items()))
+    for name, meta in metas.items():  # all on one base, checked before any weights are read
+        if meta.get("base_hash") != first.get("base_hash"):
+            raise UsageError(
+                f"adapter {name!r} was trained on base {meta.get('base_model_name_or_path')!r} "
+                f"(hash {str(meta.get('base_hash'))[:12]}), adapter {first_name!r} on "
+                f"{first.get('base_model_name_or_path')!r} (hash {str(first.get('base_hash'))[:12]}); "
+                "adapters of a mix must share one base"
+            )
     base_ref = base or first.get("base_model_name_or_path")
     if not base_ref:
         raise UsageError("the first adapter does not name its base; pass --base")
