@@ -118,6 +118,8 @@ def _status(
     ]
     if rec.state == "SUCCEEDED":
         rows.append(("result", str(result.get("ref") or "-")))
+        if result.get("best"):  # a sweep: its record is the result, the best adapter besides
+            rows.append(("best", str(result["best"])))
         rows.append(("metrics", _metrics_text(result.get("metrics"), limit=20)))
     if rec.error:
         rows.append(("error", rec.error))
