@@ -13,10 +13,16 @@ from ldp.errors import UsageError
 
 
 def register(app: typer.Typer) -> None:
-    app.command("bench")(bench)
+    from ldp.cli.serve import bench_serve
+
+    group = typer.Typer(help="Efficiency tables measured side by side; `ldp bench serve` for serving.")
+    group.callback(invoke_without_command=True)(bench)
+    group.command("serve")(bench_serve)
+    app.add_typer(group, name="bench")
 
 
 def bench(
+    ctx: typer.Context,
     size: str = typer.Option("tiny", "--size", help="Native size preset to measure on."),
     base: Optional[str] = typer.Option(None, "--base", help="Measure on this base (registry ref or folder) instead."),
     methods: list[str] = typer.Option([], "--methods", help="Methods to measure (repeatable; default all)."),
@@ -28,6 +34,8 @@ def bench(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the results JSON here."),
 ) -> None:
     """Paper Table 9, measured: every method in its own fresh process on the same batch."""
+    if ctx.invoked_subcommand is not None:
+        return
     from ldp.bench import BenchConfig, run_bench
     from ldp.methods import METHOD_NAMES
     from ldp.models.sizes import size_names
