@@ -21,6 +21,7 @@ What a manifest must pass, in order:
 from __future__ import annotations
 
 import copy
+import functools
 import re
 import typing
 from collections.abc import Iterable
@@ -71,20 +72,32 @@ def close_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: CRDs are megabytes
+
+
 def load_crd_schemas(folder: str | Path) -> dict[str, dict[str, Any]]:
     """``{kind: closed schema}`` from ``ray.io_{rayclusters,rayjobs,rayservices}.yaml`` in
     ``folder`` (the operator's CRDs); the top level gets ``apiVersion``/``kind`` pinned and
-    ``metadata.name`` required."""
+    ``metadata.name`` required. Read once per folder and process (the files are large)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UsageError(f"--schemas: no such folder: {folder}")
+    stamp = tuple(
+        (p.name, p.stat().st_mtime_ns) for p in sorted(folder.glob("ray.io_*.yaml"))
+    )
+    return _load_crds(str(folder.resolve()), stamp)  # shared: callers only read it
+
+
+@functools.lru_cache(maxsize=4)
+def _load_crds(folder_text: str, stamp: tuple) -> dict[str, dict[str, Any]]:
+    folder = Path(folder_text)
     out = {}
     for kind, plural in _CRD_FILES.items():
         path = folder / f"ray.io_{plural}.yaml"
         if not path.is_file():
             raise UsageError(f"--schemas: {folder} has no ray.io_{plural}.yaml")
         try:
-            crd = yaml.safe_load(path.read_text(encoding="utf-8"))
+            crd = yaml.load(path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER)
             versions = crd["spec"]["versions"]
             schema = next(v for v in versions if v["name"] == "v1")["schema"]["openAPIV3Schema"]
         except (yaml.YAMLError, KeyError, TypeError, StopIteration, UnicodeDecodeError) as exc:

@@ -28,6 +28,17 @@ def data_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def kuberay_crds() -> Path:
+    """The KubeRay CRDs (``ray.io_*.yaml``) beside the data mirror: ``../shared/kuberay/crds``
+    (or ``LDP_TEST_KUBERAY_CRDS``). Tests only; the project ships its own minimal schemas."""
+    env = os.environ.get("LDP_TEST_KUBERAY_CRDS")
+    path = Path(env) if env else _data_dir().parent / "kuberay" / "crds"
+    if not path.is_dir():
+        pytest.fail(f"KubeRay CRDs not found at {path}; set LDP_TEST_KUBERAY_CRDS")
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("ldp_home")

@@ -263,12 +263,26 @@ def publish_cmd(
     meta: Annotated[
         list[str] | None, typer.Option("--meta", help="Metadata key=value (repeatable)")
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Publish files outside the kind's layout too")
+    ] = False,
     registry: RegistryOpt = None,
     s3_endpoint: EndpointOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Publish a folder as the next version; prints its reference."""
+    """Publish a folder as the next version; prints its reference.
+
+    Only files of the kind's layout are accepted (weights as safetensors, JSON/YAML configs,
+    tokenizer and text files; see ``ldp.store.layout``) unless ``--force``."""
     import yaml
+
+    from ldp.store.layout import layout_problems
+
+    kind = kind_name.strip().strip("/").split("/")[0]
+    problems = layout_problems(kind, path)
+    if problems and not force and not problems[0].endswith("no such file or folder"):
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UsageError(f"refusing to publish: {problems[0]}{more}; --force publishes anyway")
 
     metadata: dict[str, Any] = {}
     for pair in meta or ():
