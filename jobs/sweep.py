@@ -173,12 +173,12 @@ def execute(spec: dict[str, Any], job_id: str, *, log=print) -> dict[str, Any]:
             f"{plan['config']['scheduler']['type']}; Tune experiment {storage}/{experiment}")
         results = _run_tune(plan, experiment, storage, base, concurrent, spec.get("resume"),
                             job_id)
-        unfinished = _unfinished_trials(storage, experiment)
-        if unfinished:
+        done, listed = _trial_states(storage, experiment)
+        if done < listed or listed < plan["trials"]:
             # Ctrl-C: Tune saved its state and stopped the trials; the saved state still lists
             # them as running or pending, which is what --resume continues.
-            log(f"[ldp] sweep {plan['name']} interrupted with {unfinished} of {plan['trials']} "
-                f"trial(s) unfinished; continue it with: ldp sweep GRID.yaml --resume "
+            log(f"[ldp] sweep {plan['name']} interrupted with {done} of {plan['trials']} "
+                f"trial(s) done; continue it with: ldp sweep GRID.yaml --resume "
                 f"--name {plan['name']}")
             raise KeyboardInterrupt
     finally:
@@ -194,12 +194,13 @@ def _experiment_uri(storage: str, experiment: str) -> str:
     return f"{root.rstrip('/')}/{experiment}"
 
 
-def _unfinished_trials(storage: str, experiment: str) -> int:
-    """Trials that Tune's saved experiment state does not list as finished or failed."""
+def _trial_states(storage: str, experiment: str) -> tuple[int, int]:
+    """``(finished or failed, listed)`` trials in Tune's saved experiment state."""
     from ray.tune import ExperimentAnalysis
 
     analysis = ExperimentAnalysis(_experiment_uri(storage, experiment))
-    return sum(t.status not in ("TERMINATED", "ERROR") for t in analysis.trials)
+    done = sum(t.status in ("TERMINATED", "ERROR") for t in analysis.trials)
+    return done, len(analysis.trials)
 
 
 def _run_tune(plan, experiment: str, storage: str, base: str, concurrent: int, resume: bool,
@@ -235,8 +236,10 @@ def _run_tune(plan, experiment: str, storage: str, base: str, concurrent: int, r
             from ray.tune.schedulers import ASHAScheduler
 
             scheduler = ASHAScheduler(
+                # max_t past the last step: ASHA stops a trial that reaches max_t, which would
+                # cut it off before its evaluation report.
                 time_attr="step", metric=sched["metric"], mode=sched["mode"],
-                max_t=int(plan["max_steps"]),
+                max_t=int(plan["max_steps"]) + 1,
                 grace_period=int(sched["grace_period"] or plan["report_every"]),
                 reduction_factor=float(sched["reduction_factor"]),
             )
@@ -258,7 +261,7 @@ def _run_tune(plan, experiment: str, storage: str, base: str, concurrent: int, r
                 name=experiment,
                 storage_path=storage,
                 verbose=0,
-                callbacks=[SweepProgress()],
+                callbacks=[SweepProgress(int(plan["trials"]))],
                 failure_config=tune.FailureConfig(max_failures=0),
             ),
         )

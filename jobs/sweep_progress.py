@@ -14,6 +14,9 @@ def _values(config: dict[str, Any]) -> str:
 
 
 class SweepProgress(Callback):
+    def __init__(self, total: int) -> None:
+        self.total = total
+
     def on_trial_start(self, iteration, trials, trial, **info):
         print(f"[ldp] trial {trial.trial_id} started: {_values(trial.config)}", flush=True)
 
@@ -24,7 +27,7 @@ class SweepProgress(Callback):
         state = "finished" if last.get(DONE_KEY) else "stopped early"
         done = sum(t.status in ("TERMINATED", "ERROR") for t in trials if t is not trial) + 1
         print(f"[ldp] trial {trial.trial_id} {state} at step {last.get('step')} "
-              f"({done}/{len(trials)} done)", flush=True)
+              f"({done}/{max(self.total, len(trials))} done)", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         print(f"[ldp] trial {trial.trial_id} failed (its log: {trial.local_path})", flush=True)
