@@ -136,3 +136,12 @@ def test_pipeline_killed_after_two_adapters_resumes_and_publishes_a_bundle(
     assert child["state"] == "SUCCEEDED" and child["result"]["ref"] == "adapters/trec/lora-diffusion@1"
     assert main(["logs", f"{job_id}-router"]) == 0
     assert "published routers/t3@1" in capsys.readouterr().out
+
+
+def test_tasks_without_local_data_are_skipped_with_a_reason(data_dir):
+    from ldp.jobs.train_all import _has_data
+
+    assert _has_data("sst2", str(data_dir)) is None
+    why = _has_data("triviaqa", str(data_dir))
+    assert why is not None and "no train/validation split" in why and str(data_dir) in why
+    assert _has_data("triviaqa", "hub") is None  # the hub: the child job says whether it is reachable
