@@ -113,7 +113,7 @@ def resolve_address(address: str | None = None) -> tuple[Kind, str]:
             "(Jobs API) or nothing for an embedded local Ray"
         )
     host, sep, port = raw.rpartition(":")
-    if not sep or not host or not port.isdigit():
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise UsageError(
             f"Ray address {raw!r} is not host:port (e.g. 127.0.0.1:6380), ray://host:port or "
             "http://host:8265"

@@ -126,25 +126,14 @@ def _check_numbers(spec: JobSpec, cfg: Any) -> None:
 
 def _check_locations(spec: JobSpec) -> None:
     """URLs with a scheme fsspec cannot serve, and local folders that cannot be written."""
-    import os
-    from pathlib import Path
+    from ldp import checks
 
-    for name in ("registry", "data_dir", "storage_path"):
-        value = getattr(spec, name)
-        if value and "://" in value:
-            scheme = value.split("://", 1)[0].lower()
-            allowed = ("file", "s3") if name == "registry" else ("file", "s3", "gs", "gcs", "az", "abfs")
-            if scheme not in allowed:
-                raise UsageError(f"{name}: unsupported URL scheme {scheme!r} in {value} (use a folder or s3://)")
-    if spec.data_dir and "://" not in spec.data_dir and spec.data_dir != "hub" and not Path(spec.data_dir).is_dir():
-        raise UsageError(f"data_dir: no such folder: {spec.data_dir}")
-    for name in ("registry", "storage_path"):
-        value = getattr(spec, name)
-        if value and "://" not in value:
-            path = Path(value)
-            probe = next((p for p in (path, *path.parents) if p.exists()), None)
-            if probe is None or not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-                raise UsageError(f"{name}: {value} is not a writable folder")
+    checks.registry_location("registry", spec.registry)
+    checks.data_location("data_dir", spec.data_dir)
+    if spec.storage_path and "://" not in spec.storage_path:
+        checks.output_folder("storage_path", spec.storage_path)
+    elif spec.storage_path:
+        checks.data_location("storage_path", spec.storage_path)
 
 
 def _check_data(spec: JobSpec) -> None:

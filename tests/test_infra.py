@@ -18,7 +18,7 @@ from ldp.cluster.validate import check_manifest, load_crd_schemas
 
 INFRA = Path(__file__).resolve().parents[1] / "infra"
 MANIFESTS = sorted((INFRA / "k8s").glob("*.yaml"))
-SERVE = {"applications": [{"name": "ldp", "route_prefix": "/", "import_path": "ldp.serve.app:build_app",
+SERVE = {"applications": [{"name": "ldp", "route_prefix": "/", "import_path": "ldp.serve.deployment:app_builder",
                            "args": {"registry": "s3://b/reg"}}]}
 SPEC = {"kind": "adapter", "task": "cnndm", "size": "7b", "method": "lora-diffusion", "base": "bases/7b@1",
         "registry": "s3://b/reg", "data_dir": None, "workers": 16, "use_gpu": True, "strategy": "zero3"}

@@ -50,6 +50,10 @@ def bench(
         raise UsageError("--batch and --steps must be >= 1 and --seq > 16")
     if base_dtype not in ("bf16", "fp32"):
         raise UsageError("--base-dtype must be bf16 or fp32")
+    from ldp import checks
+
+    checks.output_file("--json", json_path)
+    checks.registry_location("--registry", registry)
     cfg = BenchConfig(size=size, base=base, registry=registry, batch=batch, seq=seq, steps=steps,
                       base_dtype=base_dtype)
     out = run_bench(chosen, cfg, log=lambda m: typer.echo(m, err=True))

@@ -41,7 +41,12 @@ def up(
     as_json: bool = typer.Option(False, "--json", help="Print the head's details as JSON."),
 ) -> None:
     """Start a local Ray head in the background and print how to reach it."""
+    from ldp import checks
     from ldp.cluster.local import auth_token_path, start_head
+
+    for option, value in (("--port", port), ("--dashboard-port", dashboard_port), ("--client-port", client_port)):
+        checks.port(option, value)
+    checks.positive("--num-cpus", num_cpus)
 
     head = start_head(num_cpus, port, dashboard_port, client_port, auth=auth)
     if as_json:

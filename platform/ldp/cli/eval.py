@@ -36,6 +36,7 @@ def eval_command(
     """Generate (or score verbalisers) for each example and print the task's metrics."""
     from ldp.data.tasks import get_task
 
+    _check_numbers(steps, samples, batch_size, data_dir, json_path)
     if bundle is not None or mix is not None:
         _check_common(split, limit, mode)
         return _eval_composed(
@@ -86,6 +87,16 @@ def eval_command(
     Console().print(table)
     if json_path is not None:
         json_path.write_text(json.dumps(payload, indent=2))
+
+
+def _check_numbers(steps, samples, batch_size, data_dir, json_path) -> None:
+    from ldp import checks
+
+    checks.positive("--steps", steps)
+    checks.positive("--elbo-samples", samples)
+    checks.positive("--batch-size", batch_size)
+    checks.data_location("--data-dir", data_dir)
+    checks.output_file("--json", json_path)
 
 
 def _check_common(split: str, limit: Optional[int], mode: str) -> None:

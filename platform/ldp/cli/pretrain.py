@@ -16,11 +16,11 @@ def register(app: typer.Typer) -> None:
 
 
 def pretrain(
-    size: str = typer.Option("tiny", "--size", help="Size preset (see `ldp sizes`)."),
+    size: Optional[str] = typer.Option(None, "--size", help="Size preset (see `ldp sizes`; default tiny)."),
     init: Optional[str] = typer.Option(
         None, "--init", help="Warm start from a HF encoder/masked LM: hub id, folder, or `minilm`."
     ),
-    corpus: str = typer.Option("wikitext", "--corpus", help="wikitext | arxiv | code | a text file/folder."),
+    corpus: Optional[str] = typer.Option(None, "--corpus", help="wikitext | arxiv | code | a text file/folder (default wikitext)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps (default 300)."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Data mirror (default LDP_DATA_DIR, else the hub)."),
     registry: Optional[str] = typer.Option(None, "--registry", help="Registry URL (default LDP_REGISTRY or ~/.ldp/registry)."),
@@ -32,14 +32,26 @@ def pretrain(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the metrics JSON here."),
 ) -> None:
     """Train a base masked-diffusion LM; report validation ELBO perplexity before and after."""
+    from ldp import checks
     from ldp import config as cfgmod
     from ldp.models.sizes import size_names
 
-    if size not in size_names():
+    if size is not None and size not in size_names():
         raise UsageError(f"unknown size {size!r}; choose from {', '.join(size_names())}")
     if no_publish and out is None:
         raise UsageError("--no-publish needs --out (the base would be lost)")
-    overrides: dict = {"size": size, "corpus": corpus}
+    checks.positive("--steps", steps)
+    checks.data_location("--data-dir", data_dir)
+    checks.output_folder("--out", out)
+    checks.output_file("--json", json_out)
+    if not no_publish:
+        checks.registry_location("--registry", registry)
+    # Options the user gave override the config file; options left out leave it alone.
+    overrides: dict = {}
+    if size is not None:
+        overrides["size"] = size
+    if corpus is not None:
+        overrides["corpus"] = corpus
     if init is not None:
         overrides["init"] = init
     if data_dir is not None:
@@ -53,6 +65,18 @@ def pretrain(
     from ldp.training.recipes.pretrain import PretrainConfig, run_pretrain
 
     cfg = cfgmod.load(PretrainConfig, config, overrides)
+    if cfg.name is not None or not no_publish:
+        from ldp.store.refs import check_name
+
+        check_name(cfg.name or cfg.size)
+    if cfg.train_limit is not None and cfg.train_limit < cfg.loop.batch_size:
+        raise UsageError(
+            f"train_limit={cfg.train_limit} is fewer blocks than one batch ({cfg.loop.batch_size})"
+        )
+    if not no_publish:
+        from ldp.store import Registry
+
+        Registry(registry)  # an unusable registry URL fails now, not after training
     result = run_pretrain(cfg, registry=registry, out_dir=out, publish=not no_publish)
     if json_out is not None:
         json_out.write_text(json.dumps({"ref": result.ref, **result.metrics}, indent=2))

@@ -70,6 +70,9 @@ def serve_command(
     name: str = typer.Option("ldp", "--name", help="Serve application name."),
     route_prefix: str = typer.Option("/", "--route-prefix"),
     config_out: Optional[Path] = typer.Option(None, "--config-out", help="Write a Serve config YAML (serve deploy / RayService serveConfigV2) and exit."),
+    emit: Optional[str] = typer.Option(None, "--emit", help="Print a KubeRay manifest instead of serving: rayservice."),
+    image: Optional[str] = typer.Option(None, "--image", help="With --emit: container image (default ldp:<version>)."),
+    gpus: int = typer.Option(1, "--gpus", help="With --emit: GPUs of the RayService's workers (one per replica)."),
 ) -> None:
     """Serve composed inference: one base forward per denoising step for mixed-adapter batches."""
     if not 0 < port < 65536:
@@ -78,6 +81,21 @@ def serve_command(
         raise UsageError("--route-prefix must start with /")
     opts = _options(base, adapters, bundle, registry, replicas=replicas, num_cpus=num_cpus,
                     cache_size=cache_size, max_batch_size=max_batch_size, block_length=block_length)
+    if emit is not None:
+        if emit != "rayservice":
+            raise UsageError(f"--emit {emit!r}: ldp serve emits 'rayservice' (ldp submit emits 'rayjob')")
+        if config_out is not None:
+            raise UsageError("--emit and --config-out: choose one")
+        if gpus < 0:
+            raise UsageError(f"--gpus must be >= 0, got {gpus}")
+        from ldp.cluster.manifests import rayservice_manifest, to_yaml
+        from ldp.serve.config import serve_config
+
+        if not (opts.base or opts.bundle or opts.adapters):
+            raise UsageError("give --bundle, --adapters or --base")
+        cfg = serve_config(opts, name=name, route_prefix=route_prefix, host="0.0.0.0", port=port)
+        typer.echo(to_yaml(rayservice_manifest(cfg, name=f"{name}-serve", gpus=gpus, gpus_per_node=1, image=image)), nl=False)
+        return
     if config_out is not None:
         import yaml
 

@@ -104,8 +104,8 @@ def sizes(
 
     if gpus is not None and gpus < 1:
         raise UsageError("--gpus must be >= 1")
-    if gpu_mem <= 0:
-        raise UsageError("--gpu-mem must be > 0")
+    if not 0 < gpu_mem < 100_000:  # also refuses nan and inf
+        raise UsageError(f"--gpu-mem is GB per GPU (e.g. 80), got {gpu_mem}")
     rows = size_rows()
     memory = memory_rows(rows, gpus, gpu_mem) if gpus else None
     if as_json:

@@ -15,6 +15,9 @@ def task_rows(data_dir: str | None) -> tuple[str | None, list[dict[str, Any]]]:
     from ldp.data.loading import count_rows, resolve_data_dir
     from ldp.data.tasks import SPLITS, all_tasks
 
+    from ldp import checks
+
+    checks.data_location("--data-dir", data_dir)
     location = resolve_data_dir(data_dir)
     rows = []
     for spec in all_tasks():
