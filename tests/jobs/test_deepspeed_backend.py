@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 STRATEGIES = ("ddp", "zero2", "zero3", "zero3-offload")
 
 
-def _run_two_ranks(tmp_path, strategies, config) -> dict:
+def _run_two_ranks(tmp_path, strategies, config, worker: str = "ds_resume_worker.py") -> dict:
     tmp_path.mkdir(parents=True, exist_ok=True)
     env = dict(
         os.environ,
@@ -33,8 +33,9 @@ def _run_two_ranks(tmp_path, strategies, config) -> dict:
         OMP_NUM_THREADS="1",
     )
     env.setdefault("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/torch_extensions"))
-    cmd = [sys.executable, str(HERE / "ds_resume_worker.py"), ",".join(strategies), str(tmp_path)]
-    cmd.append(json.dumps(config))
+    cmd = [sys.executable, str(HERE / worker), ",".join(strategies), str(tmp_path)]
+    if config is not None:
+        cmd.append(json.dumps(config))
     procs = []
     try:
         for rank in (1, 0):

@@ -57,6 +57,9 @@ def _perturb(model, seed: int = 5):
     with torch.no_grad():
         for p in model.trainable_parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.1)
+        for t in model._adapter_tensors().values():  # frozen adapter statistics travel too
+            if not isinstance(t, torch.nn.Parameter) and t.is_floating_point():
+                t.mul_(1.0 + 0.1 * torch.rand(t.shape, generator=g))
 
 
 @pytest.mark.parametrize("backbone, method", MATRIX)
@@ -118,8 +121,12 @@ def test_save_load_roundtrip_gives_identical_logits(tmp_path, backbone, method):
     assert meta["base_hash"] == model.base_hash
     saved = load_file(str(folder / ADAPTER_WEIGHTS_NAME))
     assert set(saved) == set(model.adapter_state_dict())
-    if method != "full":  # only the adapter's own weights are written
-        assert sum(v.numel() for v in saved.values()) == model.parameter_counts()["trainable"]
+    if method != "full":  # only the adapter's own weights (and its frozen statistics) are written
+        buffers = sum(
+            t.numel() for t in model._adapter_tensors().values()
+            if not isinstance(t, torch.nn.Parameter)
+        )
+        assert sum(v.numel() for v in saved.values()) == model.parameter_counts()["trainable"] + buffers
     assert not list(folder.glob("*.bin")) and not list(folder.glob("*.pt"))
 
     loaded = load_adapter(BACKBONES[backbone](0), folder)

@@ -14,8 +14,9 @@ from typing import Any
 import torch
 
 from ldp.diffusion import DiffusionConfig, sample
+from ldp.evaluation.padding import pad_left
 
-__all__ = ["EvalResult", "evaluate_task", "decode_response"]
+__all__ = ["EvalResult", "evaluate_task", "decode_response", "generate_ids"]
 
 
 @dataclass
@@ -43,17 +44,6 @@ def _accepts_context(model: Any) -> bool:
     return isinstance(model, AdaptedModel)
 
 
-def _pad_left(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad to a common length: ids (B, L) and a keep mask (B, L)."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    keep = torch.zeros((len(seqs), width), dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        keep[i, width - len(s):] = True
-    return ids, keep
-
-
 def decode_response(tokenizer: Any, ids: list[int], eos_id: int) -> str:
     """Text of a generated response, cut at the first EOS."""
     if eos_id in ids:
@@ -62,20 +52,25 @@ def decode_response(tokenizer: Any, ids: list[int], eos_id: int) -> str:
 
 
 @torch.no_grad()
-def _generate(model, tokenizer, encoded, spec, diffusion, steps, batch_size, seed, bar) -> list[str]:
-    from ldp.data.collate import eos_token_id
+def generate_ids(
+    model, encoded: list[dict], gen_len: int, diffusion: DiffusionConfig, *,
+    steps: int | None = None, batch_size: int = 16, seed: int = 0, bar=None,
+) -> list[list[int]]:
+    """Generated answer ids (``gen_len`` each) after every encoded prompt, in input order.
 
-    eos = eos_token_id(tokenizer)
-    gen_len = spec.max_new_tokens
+    Prompts are grouped by length and left-padded within a batch; the sampler's default
+    (temperature 0, confidence-ordered reveal) is deterministic per row and the backbones count
+    positions over attended tokens, so a row's answer does not depend on its batch mates.
+    """
     # Default: T steps, but never more than 4 per generated token (finer steps add little).
     steps = steps or min(diffusion.num_steps, max(gen_len, 1) * 4)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["prompt_ids"]))
-    out: dict[int, str] = {}
+    out: dict[int, list[int]] = {}
     context = _accepts_context(model)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        prompts, keep = _pad_left([encoded[i]["prompt_ids"] for i in idx], model.pad_token_id)
-        instr, _ = _pad_left([encoded[i]["instruction_mask"] for i in idx], 0)
+        prompts, keep = pad_left([encoded[i]["prompt_ids"] for i in idx], model.pad_token_id)
+        instr, _ = pad_left([encoded[i]["instruction_mask"] for i in idx], 0)
         B, Lp = prompts.shape
         attn = torch.cat([keep, torch.ones(B, gen_len, dtype=torch.bool)], 1).long()
         instr = torch.cat([instr.bool(), torch.zeros(B, gen_len, dtype=torch.bool)], 1)
@@ -90,65 +85,28 @@ def _generate(model, tokenizer, encoded, spec, diffusion, steps, batch_size, see
             hidden_fn=hidden_fn, attention_mask=attn,
         )
         for row, i in zip(result[:, Lp:].tolist(), idx):
-            out[i] = decode_response(tokenizer, row, eos)
+            out[i] = row
         if bar is not None:
             bar.update(len(idx))
     return [out[i] for i in range(len(encoded))]
 
 
-@torch.no_grad()
-def paired_candidate_nll(
-    model: Any,
-    prompt_ids: torch.Tensor,
-    keep: torch.Tensor,
-    instruction: torch.Tensor,
-    answers: torch.Tensor,
-    diffusion: DiffusionConfig,
-    *,
-    n_samples: int,
-    generator: torch.Generator,
-) -> torch.Tensor:
-    """ELBO NLL of every candidate answer after every prompt, with paired noise.
-
-    prompt_ids/keep/instruction: (E, Lp) left-padded prompts, their keep mask and instruction
-    mask; answers: (K, W) candidate answers of equal width (EOS-padded). Returns (E, K).
-    All K candidates of an example see the same steps t and the same masked positions, so their
-    difference is not swamped by Monte-Carlo noise (a paired comparison).
-    """
-    from ldp.diffusion import corruption_prob, elbo_weight, token_nll
-    from ldp.diffusion.elbo import elbo_steps
-
-    E, Lp = prompt_ids.shape
-    K, W = answers.shape
-    T = diffusion.num_steps
-    context = _accepts_context(model)
-    rep = lambda x: x.repeat_interleave(K, dim=0)  # noqa: E731  (E, ...) -> (E*K, ...)
-    x0 = torch.cat([rep(prompt_ids), answers.repeat(E, 1)], 1)  # (E*K, Lp+W)
-    attn = torch.cat([rep(keep), torch.ones(E * K, W, dtype=torch.bool)], 1).long()
-    instr = torch.cat([rep(instruction), torch.zeros(E * K, W, dtype=torch.bool)], 1)
-    steps = elbo_steps(n_samples, E, T, generator)  # (n, E)
-    total = torch.zeros(E * K)
-    for j in range(n_samples):
-        t = steps[j]
-        beta = corruption_prob(t, T, diffusion.schedule).unsqueeze(1)  # (E, 1)
-        masked = torch.rand(E, W, generator=generator) < beta  # (E, W) shared by candidates
-        scored = torch.cat([torch.zeros(E * K, Lp, dtype=torch.bool), rep(masked)], 1)
-        x_t = x0.masked_fill(scored, model.mask_token_id)
-        t_rep = rep(t)
-
-        def hidden_fn(x, tn, a):
-            if context:
-                return model.hidden_states(x, tn, attn, instruction_mask=instr)
-            return model.hidden_states(x, tn, attn)
-
-        nll = token_nll(model, x_t, t_rep.float() / T, x0, scored, hidden_fn=hidden_fn)
-        total += (nll.sum(dim=1) * elbo_weight(t_rep, T, diffusion.schedule)).float()
-    return (total / n_samples).view(E, K)
-
-
-def _likelihood(model, tokenizer, encoded, spec, diffusion, n_samples, batch_size, seed, bar) -> list[str]:
-    """Pick, per example, the verbaliser with the lowest ELBO NLL of ``answer + EOS``."""
+def _generate(model, tokenizer, encoded, spec, diffusion, steps, batch_size, seed, bar) -> list[str]:
     from ldp.data.collate import eos_token_id
+
+    eos = eos_token_id(tokenizer)
+    ids = generate_ids(
+        model, encoded, spec.max_new_tokens, diffusion, steps=steps, batch_size=batch_size,
+        seed=seed, bar=bar,
+    )
+    return [decode_response(tokenizer, row, eos) for row in ids]
+
+
+def _likelihood(model, tokenizer, encoded, spec, n_samples, batch_size, seed, bar) -> list[str]:
+    """Pick, per example, the verbaliser with the lowest any-order NLL of ``answer + EOS``
+    (see :mod:`ldp.evaluation.verbalizer`; ``n_samples`` subsets per mask size)."""
+    from ldp.data.collate import eos_token_id
+    from ldp.evaluation.verbalizer import candidate_nll
 
     eos = eos_token_id(tokenizer)
     verbs = list(spec.label.verbalizers)
@@ -156,16 +114,22 @@ def _likelihood(model, tokenizer, encoded, spec, diffusion, n_samples, batch_siz
     # Every candidate is EOS-padded to the task's answer length: the shape training used.
     width = max(max(len(c) for c in cand) + 1, spec.max_new_tokens)
     answers = torch.tensor([c + [eos] * (width - len(c)) for c in cand], dtype=torch.long)
+    context = _accepts_context(model)
+
+    def hidden_fn(x, t, attn, instr):
+        if context:
+            return model.hidden_states(x, t, attn, instruction_mask=instr)
+        return model.hidden_states(x, t, attn)
+
     preds: list[str] = []
     per_batch = max(1, batch_size // len(verbs))
-    generator = torch.Generator().manual_seed(seed)
     for start in range(0, len(encoded), per_batch):
         chunk = encoded[start : start + per_batch]
-        prompts, keep = _pad_left([ex["prompt_ids"] for ex in chunk], model.pad_token_id)
-        instr, _ = _pad_left([ex["instruction_mask"] for ex in chunk], 0)
-        nll = paired_candidate_nll(
-            model, prompts, keep, instr.bool(), answers, diffusion,
-            n_samples=n_samples, generator=generator,
+        nll = candidate_nll(
+            hidden_fn, model.head, model.mask_token_id,
+            [ex["prompt_ids"] for ex in chunk], [ex["instruction_mask"] for ex in chunk], answers,
+            example_ids=list(range(start, start + len(chunk))), per_size=n_samples, seed=seed,
+            pad_token_id=model.pad_token_id, max_rows=max(batch_size, 16) * 4,
         )
         preds.extend(verbs[j] for j in nll.argmin(dim=1).tolist())
         if bar is not None:
@@ -219,7 +183,7 @@ def evaluate_task(
         if mode == "generate":
             preds = _generate(model, tokenizer, encoded, spec, diffusion, steps, batch_size, seed, bar)
         else:
-            preds = _likelihood(model, tokenizer, encoded, spec, diffusion, elbo_samples, batch_size, seed, bar)
+            preds = _likelihood(model, tokenizer, encoded, spec, elbo_samples, batch_size, seed, bar)
     finally:
         if bar is not None:
             bar.close()

@@ -12,6 +12,9 @@ Conventions shared by every implementation:
   without time conditioning ignore it (as LLaDA does); adaLN models embed it.
 - ``attention_mask``: (B, L) with 1 for positions to attend to, or None (attend everywhere).
   Diffusion SFT pads with EOS and attends to the padding (LLaDA), so None is the common case.
+- Positions count attended tokens only (:func:`position_ids`): a row's output does not depend on
+  how much unattended padding sits before it, so left-padded evaluation batches and right-padded
+  training batches see the same positions, and a row never depends on its batch mates.
 """
 
 from __future__ import annotations
@@ -21,7 +24,17 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
-__all__ = ["Denoiser", "BlockParts"]
+__all__ = ["Denoiser", "BlockParts", "position_ids"]
+
+
+def position_ids(attention_mask: torch.Tensor | None, batch: int, length: int,
+                 device: torch.device) -> torch.Tensor:
+    """(B, L) long positions: ``0..L-1`` without a mask, else the running count of attended
+    tokens minus one (unattended padding repeats its neighbour's position; it is never attended
+    to, so its value does not matter)."""
+    if attention_mask is None:
+        return torch.arange(length, device=device).expand(batch, length)
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp_min(0)
 
 
 class BlockParts(Protocol):

@@ -42,6 +42,7 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ldp.errors import UsageError
+from ldp.models.denoiser import position_ids
 
 __all__ = [
     "MODEL_TYPE",
@@ -211,14 +212,22 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> to
 
 
 def rotary_cos_sin(
-    length: int, head_dim: int, base: float, device: torch.device, dtype: torch.dtype
+    positions: int | torch.Tensor, head_dim: int, base: float, device: torch.device,
+    dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin tables (L, hd) for rotate-half RoPE, computed in fp32 then cast to ``dtype``."""
+    """cos, sin tables for rotate-half RoPE, computed in fp32 then cast to ``dtype``.
+
+    ``positions``: a length L (tables (L, hd) for positions 0..L-1) or per-row positions (B, L)
+    (tables (B, 1, L, hd), broadcast over heads)."""
     inv_freq = 1.0 / base ** (
         torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim
     )
-    angles = torch.arange(length, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]
-    angles = torch.cat([angles, angles], dim=-1)  # (L, hd)
+    if isinstance(positions, int):
+        pos = torch.arange(positions, device=device, dtype=torch.float32)
+    else:
+        pos = positions.to(device=device, dtype=torch.float32)[:, None]  # (B, 1, L)
+    angles = pos[..., None] * inv_freq  # (..., L, hd/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (..., L, hd)
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
@@ -264,7 +273,7 @@ class SelfAttention(nn.Module):
         sin: torch.Tensor,
         attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (B, L, d), cos/sin (L, hd), attn_mask bool (B, 1, 1, L) True = attend -> (B, L, d)."""
+        """x (B, L, d), cos/sin (L, hd) or (B, 1, L, hd), attn_mask bool (B, 1, 1, L) True = attend -> (B, L, d)."""
         B, L, d = x.shape
         shape = (B, L, self.num_heads, self.head_dim)
         q = self.q_proj(x).view(shape).transpose(1, 2)  # (B, nh, L, hd)
@@ -543,7 +552,10 @@ class DiffusionTransformer(PreTrainedModel):
         t, mask = validate_inputs(input_ids, t, attention_mask, self.config.max_position_embeddings)
         x = self.embed_tokens(input_ids)  # (B, L, d)
         B, L, _ = x.shape
-        cos, sin = rotary_cos_sin(L, self.config.head_dim, self.config.rope_base, x.device, x.dtype)
+        positions = L if mask is None else position_ids(mask, B, L, x.device)
+        cos, sin = rotary_cos_sin(
+            positions, self.config.head_dim, self.config.rope_base, x.device, x.dtype
+        )
         attn_mask = mask[:, None, None, :] if mask is not None else None  # (B, 1, 1, L)
         cond = None
         if self.time_embed is not None:

@@ -52,6 +52,7 @@ from transformers import (
 from transformers import initialization as init
 
 from ldp.errors import LdpError, UsageError
+from ldp.models.denoiser import position_ids
 from ldp.models.native import realign_parameters, sinusoidal_embedding, validate_inputs
 
 __all__ = [
@@ -451,9 +452,28 @@ class WarmStartDenoiser(PreTrainedModel):
             if t is None:
                 t = torch.zeros(input_ids.shape[0], device=input_ids.device)
             embeds = embeds + self.step_embed(t)[:, None, :].to(embeds.dtype)
-        mask = mask.long() if mask is not None else None
-        out = self.encoder_model()(inputs_embeds=embeds, attention_mask=mask, return_dict=True)
+        kwargs = {}
+        if mask is not None:
+            mask = mask.long()
+            # Absolute position tables: count attended tokens only, so left padding (evaluation)
+            # and batch mates never shift a row's positions.
+            B, L = input_ids.shape
+            kwargs["position_ids"] = position_ids(mask, B, L, input_ids.device) + self._position_offset
+        out = self.encoder_model()(
+            inputs_embeds=embeds, attention_mask=mask, return_dict=True, **kwargs
+        )
         return out.last_hidden_state
+
+    @property
+    def _position_offset(self) -> int:
+        """First position id of a sequence: 0 for BERT-like models; RoBERTa-like ones number
+        positions from ``padding_idx + 1``."""
+        config = self.encoder_model().config
+        if "roberta" in str(getattr(config, "model_type", "")) or "camembert" in str(
+            getattr(config, "model_type", "")
+        ):
+            return int(config.pad_token_id) + 1
+        return 0
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., d) -> (..., V) logits through the checkpoint's MLM head or the added one."""

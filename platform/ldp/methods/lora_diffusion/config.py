@@ -40,6 +40,12 @@ class LoraDiffusionConfig:
     the end). Empty (default): final hidden state only, and the base runs without autograd."""
     base_dtype: Literal["fp32", "bf16"] = "fp32"
     """Run the frozen base under bf16 autocast (``bf16``) or as is; adapter math stays fp32."""
+    offset: bool = True
+    """Give each phase a trained constant offset ``b`` beside the low-rank modules (carries what
+    does not depend on the example, such as the label marginal)."""
+    calibration_examples: int = 64
+    """Training examples whose frozen-base states set the input standardisers before training
+    (0: no standardisation, the raw states go in)."""
     lambda_rank: float = 0.01
     """Weight of the nuclear norms of W_A and W_B (Eq. 17)."""
     lambda_orth: float = 0.001
@@ -72,6 +78,8 @@ class LoraDiffusionConfig:
             raise ValueError(f"modules_per_phase must be >= 1, got {self.modules_per_phase}")
         if self.time_embed_dim < 2 or self.time_embed_dim % 2:
             raise ValueError(f"time_embed_dim must be even and >= 2, got {self.time_embed_dim}")
+        if self.calibration_examples < 0:
+            raise ValueError(f"calibration_examples must be >= 0, got {self.calibration_examples}")
         if self.lambda_rank < 0 or self.lambda_orth < 0:
             raise ValueError("lambda_rank and lambda_orth must be >= 0")
         if len(set(self.inject_layers)) != len(self.inject_layers):

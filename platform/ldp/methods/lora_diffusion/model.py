@@ -49,6 +49,35 @@ def _site_name(layer: int) -> str:
     return f"layer{layer}"
 
 
+class _Moments:
+    """Running per-feature mean and variance of row vectors (float64 sums)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.total: torch.Tensor | None = None
+        self.squares: torch.Tensor | None = None
+
+    def add(self, rows: torch.Tensor) -> None:
+        rows = rows.reshape(-1, rows.shape[-1]).double()
+        if self.total is None:
+            self.total = rows.new_zeros(rows.shape[-1])
+            self.squares = rows.new_zeros(rows.shape[-1])
+        self.n += rows.shape[0]
+        self.total += rows.sum(0)
+        self.squares += rows.pow(2).sum(0)
+
+    def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation per feature; a feature that does not vary (or no data)
+        gets a floor of 1e-3 of the typical deviation, so standardising never divides by 0."""
+        if self.total is None or self.n == 0:
+            raise ValueError("no statistics: the calibration batches held no response tokens")
+        mean = self.total / self.n
+        var = (self.squares / self.n - mean.pow(2)).clamp_min(0.0)
+        std = var.sqrt()
+        floor = std.mean().clamp_min(1e-6) * 1e-3
+        return mean.float(), std.clamp_min(floor).float()
+
+
 class LoraDiffusionModel(AdaptedModel):
     """A frozen base plus trajectory adapters at the final state (and optionally inside)."""
 
@@ -91,6 +120,7 @@ class LoraDiffusionModel(AdaptedModel):
                     slots=(hi - lo + 1) if config.share == "step" else 1,
                     first_step=lo,
                     conditioning=config.conditioning,
+                    offset=config.offset,
                     device=device,
                 )
             self.sites[site] = phases
@@ -123,7 +153,87 @@ class LoraDiffusionModel(AdaptedModel):
             for phase, module in phases.items():
                 for pname, param in module.named_parameters(recurse=False):
                     out[f"{site}.{phase}.{pname}"] = param
+                for bname, buf in module.named_buffers(recurse=False):
+                    out[f"{site}.{phase}.{bname}"] = buf
         return out
+
+    def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """As the base class, but adapters saved before the standardisers and offsets existed
+        load as they behaved: the missing tensors keep their identity values (mu 0, s 1, b 0)."""
+        live = self._adapter_tensors()
+        optional = ("h_shift", "h_scale", "c_shift", "c_scale", "bias")
+        state = dict(state)
+        for name, tensor in live.items():
+            if name not in state and name.rsplit(".", 1)[-1] in optional:
+                state[name] = tensor.detach().clone()
+        super().load_adapter_state_dict(state)
+
+    @torch.no_grad()
+    def calibrate(self, batches, diffusion, *, seed: int = 0) -> dict[str, float]:
+        """Measure the frozen base's state statistics that standardise each phase's inputs.
+
+        ``batches``: SFT batches of the task (``input_ids``, ``response_mask``,
+        ``instruction_mask``, optional ``attention_mask``); ``diffusion``: the
+        :class:`~ldp.diffusion.DiffusionConfig` training uses. For every phase, each batch is
+        corrupted at steps drawn uniformly from that phase and run through the base; H is
+        pooled over response positions (where the adapter's output is scored) and Enc(c) over
+        rows. Deterministic for given batches and ``seed``, so every data-parallel rank computes
+        the same statistics. Returns a summary (mean std of H per phase) for logs.
+        """
+        from ldp.diffusion.corruption import corrupt
+
+        cfg = self.config
+        gen = torch.Generator().manual_seed(seed)
+        sites = ["final", *(_site_name(i) for i in self.inject_layers)]
+        ranges = cfg.step_ranges()
+        batches = list(batches)
+        summary = {}
+        for index, name in enumerate(cfg.phase_names):
+            lo, hi = ranges[index]
+            acc = {site: _Moments() for site in sites}
+            cond_acc = _Moments()
+            for batch in batches:
+                x0 = batch["input_ids"]
+                response = batch["response_mask"].bool()
+                attention = batch.get("attention_mask")
+                steps = torch.randint(lo, hi + 1, (x0.shape[0],), generator=gen)
+                x_t, _ = corrupt(
+                    x0, steps, response, num_steps=cfg.num_steps,
+                    mask_token_id=self.base.mask_token_id, vocab_size=self.base.vocab_size,
+                    transition=diffusion.transition, schedule=diffusion.schedule,
+                    generator=gen, min_one=diffusion.min_one_corrupted,
+                )
+                captured = {}
+                hooks = [
+                    self.base.blocks()[i].register_forward_hook(
+                        lambda m, a, out, key=_site_name(i): captured.__setitem__(
+                            key, out[0] if isinstance(out, tuple) else out
+                        )
+                    )
+                    for i in self.inject_layers
+                ]
+                try:
+                    with self._base_context(x0.device):
+                        hidden = self.base.hidden_states(x_t, steps.float() / cfg.num_steps, attention)
+                finally:
+                    for handle in hooks:
+                        handle.remove()
+                captured["final"] = hidden
+                for site in sites:
+                    acc[site].add(captured[site].float()[response])
+                if cfg.conditioning:
+                    cond = instruction_encoding(
+                        hidden.float(), batch.get("instruction_mask"), input_ids=x_t,
+                        mask_token_id=self.base.mask_token_id, attention_mask=attention,
+                    )
+                    cond_acc.add(cond)
+            for site in sites:
+                module = self.sites[site][name]
+                h_mean, h_std = acc[site].mean_std()
+                c_mean, c_std = cond_acc.mean_std() if cfg.conditioning else (None, None)
+                module.set_statistics(h_mean, h_std, c_mean, c_std)
+            summary[f"calib_h_std_{name}"] = float(acc["final"].mean_std()[1].mean())
+        return summary
 
     def step_plan(self, step: int) -> dict[str, float | int | str]:
         """Phase name, rank and scale used at integer step ``step`` (for inspection and tests)."""
@@ -145,13 +255,19 @@ class LoraDiffusionModel(AdaptedModel):
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             hidden = hidden.float()
             phases = self.sites[site]
-            if bool((ctx.phase == ctx.phase[0]).all()):  # common case: one phase in the batch
+            # In training every phase module runs, on an empty row set if no row of the batch is
+            # in its phase: then every adapter parameter gets a gradient (zeros) in the same
+            # order on every data-parallel rank, whatever mix of steps each rank drew. A graph
+            # that depends on the data makes ZeRO-2's bucketed reduction add up mismatched
+            # gradients (or fail, when the sizes differ).
+            training = torch.is_grad_enabled() and self.training
+            if not training and bool((ctx.phase == ctx.phase[0]).all()):
                 module = phases[self.config.phase_names[int(ctx.phase[0])]]
                 return module(hidden, ctx.temb, ctx.cond, ctx.steps)
             delta = torch.zeros_like(hidden)
             for index, name in enumerate(self.config.phase_names):
                 rows = (ctx.phase == index).nonzero(as_tuple=True)[0]
-                if rows.numel() == 0:
+                if rows.numel() == 0 and not training:
                     continue
                 cond = None if ctx.cond is None else ctx.cond[rows]
                 part = phases[name](hidden[rows], ctx.temb[rows], cond, ctx.steps[rows])

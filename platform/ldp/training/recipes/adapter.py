@@ -112,7 +112,10 @@ def make_loss_fn(cfg: AdapterConfig):
         def hidden_fn(x_t, t_norm, attention_mask):
             return inner.hidden_states(x_t, t_norm, attention_mask, instruction_mask=instruction)
 
-        loss, stats = training_loss(inner, batch, cfg.diffusion, generator=generator, hidden_fn=hidden_fn)
+        loss, stats = training_loss(
+            inner, batch, cfg.diffusion, generator=generator, hidden_fn=hidden_fn,
+            t=batch.get("steps"),  # fixed steps per row (tests); drawn uniformly otherwise
+        )
         regularization = getattr(inner, "regularization", None)
         if regularization is not None:
             terms = regularization()
@@ -157,6 +160,20 @@ def _collator(cfg: AdapterConfig, tokenizer: Any):
     return SFTCollator(tokenizer, answer_length=length)
 
 
+def _calibrate(model, cfg: AdapterConfig, train, collate) -> None:
+    """Let a method that standardises its inputs measure the frozen base on training data.
+
+    Uses the first ``calibration_examples`` training examples (not this rank's shard) and the
+    job's seed, so every data-parallel rank computes identical statistics."""
+    calibrate = getattr(model, "calibrate", None)
+    n = min(getattr(model.config, "calibration_examples", 0), len(train))
+    if calibrate is None or n == 0:
+        return
+    rows = [train[i] for i in range(n)]
+    size = cfg.loop.batch_size
+    calibrate([collate(rows[i : i + size]) for i in range(0, n, size)], cfg.diffusion, seed=cfg.loop.seed)
+
+
 def build(config: dict[str, Any], rank: int, world_size: int):
     """The recipe's ``build`` (see ``ldp.jobs.recipe``)."""
     from ldp.jobs.recipe import Built
@@ -168,6 +185,7 @@ def build(config: dict[str, Any], rank: int, world_size: int):
     loader = ResumableLoader(
         train, cfg.loop.batch_size, collate, seed=cfg.loop.seed, rank=rank, world_size=world_size
     )
+    _calibrate(model, cfg, train, collate)
     val_rows = [val[i] for i in range(len(val))]
     val_batches = [
         collate(val_rows[i : i + cfg.loop.batch_size]) for i in range(0, len(val_rows), cfg.loop.batch_size)
