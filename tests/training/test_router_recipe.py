@@ -146,3 +146,28 @@ def test_eval_composed_bad_input_exits_2(args, needle, capsys):
     assert main(["eval", *args]) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
+
+
+def test_eval_mix_of_weight_lora_adapters_uses_the_peft_merge(small_base, data_dir, tmp_path, capsys):
+    from ldp.jobs.recipe import train_locally
+
+    folders = {}
+    for task in TASKS:
+        cfg = {
+            "task": task, "method": "weight-lora", "base": str(small_base.folder), "data_dir": str(data_dir),
+            "train_limit": 16, "val_limit": 4, "loop": {"max_steps": 1, "batch_size": 8},
+            "method_config": {"r": 4}, "eval": {"limit": 4},
+        }
+        train_locally("ldp.training.recipes.adapter", cfg, tmp_path / task)
+        folders[task] = tmp_path / task
+    mix = ",".join(f"{t}={p}" for t, p in folders.items())
+    capsys.readouterr()
+    code = main(["eval", "--mix", mix, "--task", "sst2", "--weights", '{"sst2": 0.6, "trec": 0.4}',
+                 "--data-dir", str(data_dir), "--limit", "4", "--elbo-samples", "1", "--json", "-"])
+    out = capsys.readouterr().out
+    assert code == 0
+    payload = json.loads(out)
+    assert payload["weights"] == {"sst2": 0.6, "trec": 0.4} and "add_weighted_adapter" in payload["merge"]
+    assert main(["eval", "--mix", mix, "--task", "sst2", "--weights", "auto", "--data-dir", str(data_dir),
+                 "--limit", "2", "--elbo-samples", "1", "--json", "-"]) == 0  # auto = uniform for a mix
+    assert json.loads(capsys.readouterr().out)["weights"] == {"sst2": 0.5, "trec": 0.5}

@@ -154,6 +154,13 @@ def _eval_composed(*, task, bundle, mix, weights, all_tasks, base, split, data_d
     loaded = load_bundle(bundle, registry) if bundle is not None else load_mix(pairs, registry, base)
     comp = loaded.composition
     kw = dict(mode=mode, steps=steps, elbo_samples=samples, batch_size=batch_size)
+    if comp is None:  # weight-lora adapters: peft's weighted merge
+        from ldp.evaluation.composition import merged_model
+
+        model, shown = merged_model(loaded, weights, task)
+        result = evaluate_task(model, loaded.tokenizer, task, split=split, data_dir=data_dir, limit=limit, **kw)
+        return _print_result(result, result.to_dict(adapters=loaded.info.get("adapters"), weights=shown,
+                                                    merge="peft add_weighted_adapter (cat)"), shown, json_path)
     if all_tasks:
         table = compare(loaded, comp.names, data_dir=data_dir, split=split, limit=limit, **kw)
         payload = {"bundle": loaded.info.get("ref"), **table}
@@ -174,6 +181,10 @@ def _eval_composed(*, task, bundle, mix, weights, all_tasks, base, split, data_d
     shown = w if isinstance(w, str) else dict(zip(comp.names, [round(float(x), 4) for x in w]))
     payload = result.to_dict(bundle=loaded.info.get("ref"), adapters=loaded.info.get("adapters"),
                              weights=shown)
+    _print_result(result, payload, shown, json_path)
+
+
+def _print_result(result, payload, shown, json_path) -> None:
     if json_path is not None and str(json_path) == "-":
         print(json.dumps(payload, indent=2))
         return

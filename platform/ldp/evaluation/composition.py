@@ -31,6 +31,7 @@ __all__ = [
     "format_comparison",
     "load_bundle",
     "load_mix",
+    "merged_model",
     "parse_weights",
     "router_accuracy",
 ]
@@ -252,6 +253,7 @@ def load_mix(adapters: dict[str, str], registry: str | None = None, base: str | 
             folders[name], refs[name] = folder, str(folder)
     metas = {name: read_adapter_config(folder) for name, folder in folders.items()}
     first_name, first = next(iter(metas.items()))
+    info = {"base": None, "adapters": refs, "router": None, "ref": None, "folders": folders}
     for name, meta in metas.items():  # all on one base, checked before any weights are read
         if meta.get("base_hash") != first.get("base_hash"):
             raise UsageError(
@@ -265,9 +267,30 @@ def load_mix(adapters: dict[str, str], registry: str | None = None, base: str | 
         raise UsageError("the first adapter does not name its base; pass --base")
     source = resolve_base(base_ref, registry)
     model_base, tokenizer = load_base(source.folder)
+    info["base"] = {"ref": source.ref}
+    if all(m.get("ldp_method") == "weight-lora" for m in metas.values()):
+        # Weight-space adapters merge (peft) once a weight vector is known: see merged_model().
+        return LoadedBundle(None, tokenizer, {**info, "base_model": model_base, "method": "weight-lora"})
     comp = load_composition(model_base, folders, base_hash=base_fingerprint(model_base))
     comp.eval()
-    return LoadedBundle(comp, tokenizer, {"base": {"ref": source.ref}, "adapters": refs, "router": None, "ref": None})
+    return LoadedBundle(comp, tokenizer, info)
+
+
+def merged_model(loaded: LoadedBundle, weights: str, task: str | None):
+    """The weighted peft merge of a :func:`load_mix` of weight-lora adapters (Table 11 baseline):
+    ``uniform``, ``oracle`` or a JSON object; no router."""
+    from ldp.methods.compose import weights_from_mapping
+    from ldp.methods.merge import merge_weight_lora
+
+    folders = loaded.info["folders"]
+    names = list(folders)
+    w = parse_weights(weights, names, task)
+    if isinstance(w, str):
+        if w == "auto":
+            raise UsageError("weight-lora mixes have no router; use --weights uniform, oracle or JSON")
+        w = weights_from_mapping(names, {n: 1.0 / len(names) for n in names})
+    model = merge_weight_lora(loaded.info["base_model"], folders, dict(zip(names, w.tolist())))
+    return model, dict(zip(names, [round(float(x), 4) for x in w]))
 
 
 def format_comparison(table: dict[str, Any]) -> str:
