@@ -27,7 +27,7 @@ def _args(small_base, data_dir, registry):
         "--set", "checkpoint_every=2", "--set", "loop.batch_size=8", "--set", "train_limit=32",
         "--set", "val_limit=8", "--set", "eval.limit=8", "--set", "eval.elbo_samples=1",
         "--set", "router.train_limit=16", "--set", "router.val_limit=4", "--set", "router.hidden=32",
-        "--set", "router.loop.batch_size=8", "--set", "eval_limit=4",
+        "--set", "router.loop.batch_size=8", "--set", "compare=false",
     ]
 
 
@@ -123,9 +123,7 @@ def test_pipeline_killed_after_two_adapters_resumes_and_publishes_a_bundle(
     assert bundle["adapters"]["trec"] == "adapters/trec/lora-diffusion@1"
     assert bundle["base"]["ref"] == str(small_base.folder)
     assert set(bundle["metrics"]) == set(TASKS) and bundle["pipeline"]["steps"] == 2
-    rows = {r["task"]: r for r in bundle["comparison"]["rows"]}
-    assert set(rows) == set(TASKS) and all({"auto", "uniform", "oracle", "base"} <= set(r) for r in rows.values())
-    assert 0.0 <= bundle["comparison"]["router_accuracy"]["overall"] <= 1.0
+    assert bundle["comparison"] is None  # compare=false here; the table is tested in tests/training
 
     job_id = out.strip().splitlines()[0]
     assert job_id.startswith("ldp-train-all-")
