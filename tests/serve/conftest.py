@@ -1,6 +1,7 @@
 """Fixtures for the serving tests: a registry with five composable adapters (random weights,
 so that each one visibly changes the answer), a weight-lora adapter, a router and a bundle, all
-on the shared ``small_base``."""
+on a small native base with random weights (serving needs shapes and determinism, not skill;
+building it takes a second where training one takes minutes on a busy machine)."""
 
 from __future__ import annotations
 
@@ -63,12 +64,29 @@ def build_registry(base_folder: Path, root: Path) -> dict:
     return refs
 
 
+SMALL_NATIVE = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
+
+
+def random_base(folder: Path) -> Path:
+    """A small native base (MiniLM's tokenizer) with random weights, saved in ``folder``."""
+    from ldp.models.loading import default_tokenizer, save_base
+    from ldp.models.native import DiffusionTransformer
+    from ldp.models.sizes import size_config
+
+    torch.manual_seed(0)
+    config = size_config("tiny", **SMALL_NATIVE)
+    save_base(DiffusionTransformer(config).eval(), default_tokenizer(config.tokenizer), folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
-def serve_registry(small_base, tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve_reg") / "registry"
+def serve_registry(tmp_path_factory):
+    top = tmp_path_factory.mktemp("serve_reg")
+    base = random_base(top / "base")
+    root = top / "registry"
     root.mkdir()
-    refs = build_registry(small_base.folder, root)
-    refs["base"] = str(small_base.folder)
+    refs = build_registry(base, root)
+    refs["base"] = str(base)
     return refs
 
 
