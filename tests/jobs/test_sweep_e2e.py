@@ -50,7 +50,7 @@ def test_sweep_with_asha_publishes_the_best_trial(small_base, data_dir, tmp_path
     assert code == 0, out.err
     job_id = out.out.splitlines()[0]
     assert job_id.startswith("ldp-sweep-lr-lambda-")
-    result = json.loads(out.out[out.out.index("{"):])
+    result = _last_json(out.out)
     trials = result["trials"]
     assert len(trials) == 4
     finished = [t for t in trials if t["status"] == "finished"]
@@ -88,6 +88,11 @@ def test_sweep_with_asha_publishes_the_best_trial(small_base, data_dir, tmp_path
     assert status["result"]["best"] == adapter_ref
     assert main(["jobs"]) == 0
     assert job_id in capsys.readouterr().out
+
+
+def _last_json(text: str) -> dict:
+    """The JSON document ``--json`` prints last (Ray's forwarded worker lines come before it)."""
+    return json.loads(text[text.rindex("\n{\n") + 1:])
 
 
 def _wait_for(path: Path, pattern: str, count: int, proc, timeout: float) -> list[str]:
@@ -141,7 +146,7 @@ def test_killed_sweep_resumes_running_only_the_rest(small_base, data_dir, tmp_pa
     started_again = set(re.findall(r"trial (\w+) started", resumed_log))
     assert f"resuming sweep resume-me (experiment {first_job}" in resumed_log
     assert started_again and not started_again & set(done), (done, started_again)
-    result = json.loads(out.out[out.out.index("{"):])
+    result = _last_json(out.out)
     assert len(result["trials"]) == 3
     assert all(t["status"] == "finished" for t in result["trials"])
     # The finished trials' training ran once: one start in their Train runs' metrics.
