@@ -35,7 +35,8 @@ EPS = 1e4
 def build_model():
     torch.manual_seed(0)
     config = size_config("tiny", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=64, vocab_size=64, max_position_embeddings=64)
+                         intermediate_size=64, vocab_size=64, max_position_embeddings=64,
+                         mask_token_id=3, pad_token_id=0, eos_token_id=2)
     base = DiffusionTransformer(config).eval()
     model = attach(base, "lora-diffusion", {"num_steps": T, "ranks": [4, 3, 2], "time_embed_dim": 8})
     g = torch.Generator().manual_seed(1)
@@ -75,7 +76,10 @@ def reference() -> dict[str, torch.Tensor]:
     model = build_model().train()
     losses = [loss_fn(model, batch_for(r), None)[0] for r in (0, 1)]
     ((losses[0] + losses[1]) / 2).backward()
-    return {n: p.grad.detach().clone() for n, p in model.named_trainable_parameters().items()}
+    return {
+        n: torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
+        for n, p in model.named_trainable_parameters().items()
+    }
 
 
 def main() -> None:

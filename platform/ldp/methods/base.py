@@ -372,6 +372,11 @@ class Method:
     """``attach_fn(base, config, *, base_hash) -> AdaptedModel``."""
     load_fn: Callable[..., AdaptedModel] | None = None
     """Optional custom loader ``(method, base, folder, meta, base_hash)`` (weight-lora: peft)."""
+    default_lr: float = 1e-3
+    """The peak learning rate a job uses unless told otherwise (``optim.lr``): methods differ
+    by an order of magnitude (full fine-tuning diverges from the task at the adapters' 1e-3), so
+    ``--method M`` alone must give a fair baseline. Where each value comes from is written
+    beside it in the method's ``__init__``."""
 
     def build_config(self, data: dict[str, Any] | None = None) -> Any:
         """The method's config from a plain dict (unknown keys / bad values -> UsageError)."""

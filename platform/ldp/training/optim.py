@@ -12,8 +12,9 @@ __all__ = ["OptimConfig", "build_optimizer", "warmup_cosine"]
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3
-    """Peak learning rate (reached at the end of warm-up)."""
+    lr: float | None = 1e-3
+    """Peak learning rate (reached at the end of warm-up). None: chosen by the caller (the
+    adapter recipe takes the method's own default)."""
     weight_decay: float = 0.0
     """AdamW decoupled weight decay."""
     beta1: float = 0.9
@@ -27,8 +28,8 @@ class OptimConfig:
     """Clip the global gradient norm to this (0 disables)."""
 
     def __post_init__(self) -> None:
-        if self.lr <= 0:
-            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        if self.lr is not None and not (0 < self.lr < float("inf")):
+            raise ValueError(f"optim.lr must be a positive finite number, got {self.lr}")
         if self.warmup_steps < 0:
             raise ValueError("optim.warmup_steps must be >= 0")
         if not 0.0 <= self.min_lr_ratio <= 1.0:

@@ -62,7 +62,8 @@ class AdapterConfig:
     """The method's own config (validated by the method's config class)."""
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(max_steps=300, batch_size=16))
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=20))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=None, warmup_steps=20))
+    """``optim.lr`` unset: the method's own default learning rate (``Method.default_lr``)."""
     max_prompt_len: int | None = None
     """Prompt token budget (default: the task's)."""
     max_target_len: int | None = None
@@ -94,6 +95,8 @@ class AdapterConfig:
                 )
             self.method_config = {**self.method_config, "num_steps": self.diffusion.num_steps}
         method.build_config(self.method_config)
+        if self.optim.lr is None:
+            self.optim.lr = method.default_lr
 
 
 def validate(config: dict[str, Any]) -> AdapterConfig:
