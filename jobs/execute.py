@@ -11,6 +11,7 @@ sweep       ``ldp.jobs.sweep:execute``           Ray Tune over an adapter job's 
 train-all   ``ldp.jobs.train_all:execute``       every task adapter (Ray tasks), the router,
                                                  the composition bundle
 router      ``ldp.jobs.router_job:execute``      the router over published adapters
+compare     ``ldp.jobs.compare:execute``         every method on every task (Table 7)
 ==========  ===================================  ==========================================
 
 A kind may also be given as an import path ``"package.module:function"``; that is how tests and
@@ -38,6 +39,7 @@ JOB_KINDS: dict[str, str | JobFn] = {
     "sweep": "ldp.jobs.sweep:execute",
     "train-all": "ldp.jobs.train_all:execute",
     "router": "ldp.jobs.router_job:execute",
+    "compare": "ldp.jobs.compare:execute",
 }
 
 

@@ -48,8 +48,10 @@ class BenchConfig:
     steps: int = 10
     gen_length: int = 16
     gen_steps: int = 16
-    base_dtype: str = "bf16"
-    """Precision of the frozen base's forward for lora-diffusion and frozen-forward."""
+    base_dtype: str = "auto"
+    """Precision of the frozen base's forward for lora-diffusion and frozen-forward: ``auto``
+    (bf16 where the hardware has it natively, else fp32; see ``ldp.models.precision``), ``fp32``
+    or ``bf16``."""
     threads: int | None = None
 
 
@@ -93,8 +95,11 @@ def measure_method(method: str, cfg: BenchConfig) -> dict[str, Any]:
     diffusion = DiffusionConfig()
     total_base = sum(p.numel() for p in base.parameters())
 
+    from ldp.models.precision import resolve_base_dtype
+
+    base_dtype = resolve_base_dtype(cfg.base_dtype, "cpu")
     if method == FROZEN:
-        dtype = torch.bfloat16 if cfg.base_dtype == "bf16" else torch.float32
+        dtype = torch.bfloat16 if base_dtype == "bf16" else torch.float32
         for p in base.parameters():
             p.requires_grad_(False)
 
@@ -105,7 +110,7 @@ def measure_method(method: str, cfg: BenchConfig) -> dict[str, Any]:
         result: dict[str, Any] = {"trainable_params": 0, "trainable_pct": 0.0, "adapter_bytes": 0}
         gen_latency = None
     else:
-        method_cfg = {"base_dtype": cfg.base_dtype} if method == "lora-diffusion" else None
+        method_cfg = {"base_dtype": base_dtype} if method == "lora-diffusion" else None
         model = attach(base, method, method_cfg)
         params = model.trainable_parameters()
         optimizer = torch.optim.AdamW(params, lr=1e-4)
@@ -195,8 +200,11 @@ def run_bench(methods: list[str], cfg: BenchConfig, *, log=print) -> dict[str, A
             raise LdpError(f"bench of {method} failed: {tail}")
         results[method] = json.loads(lines[-1])
     frozen = results.pop(FROZEN)
+    from ldp.models.precision import resolve_base_dtype
+
     out = {
         "config": asdict(cfg),
+        "base_dtype": resolve_base_dtype(cfg.base_dtype, "cpu"),
         "frozen_forward_s": frozen["step_s"],
         "methods": results,
     }

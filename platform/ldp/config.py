@@ -78,7 +78,9 @@ def build(cls: type[T], data: dict[str, Any] | None, *, where: str = "") -> T:
             f"unknown config key {where + unknown[0]!r}; known keys: {', '.join(sorted(names))}"
         )
     kwargs = {}
+    fields_by_name = {f.name: f for f in dataclasses.fields(cls)}
     for name, value in data.items():
+        value = _over_field_default(fields_by_name[name], value)
         kwargs[name] = _coerce(hints[name], value, where + name)
     try:
         return cls(**kwargs)
@@ -86,6 +88,28 @@ def build(cls: type[T], data: dict[str, Any] | None, *, where: str = "") -> T:
         raise
     except (ValueError, TypeError) as exc:
         raise UsageError(f"invalid config{' ' + where.rstrip('.') if where else ''}: {exc}") from None
+
+
+def _over_field_default(field: dataclasses.Field, value: Any) -> Any:
+    """A partial section given for a field whose default is a configured instance (``loop:
+    LoopConfig = LoopConfig(max_steps=300)``) overrides that instance's values, not the class's:
+    ``--set loop.batch_size=8`` keeps ``max_steps=300``."""
+    if not isinstance(value, dict) or field.default_factory is dataclasses.MISSING:
+        return value
+    default = field.default_factory()
+    if not dataclasses.is_dataclass(default):
+        return value
+    return _deep_merge(to_dict(default), value)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def read_mapping(path: str | Path) -> dict[str, Any]:

@@ -334,3 +334,25 @@ def test_perturbation_composes_on_one_base_forward(batch):
     assert not torch.allclose(d1, d2)
     mixed = H + 0.5 * d1 + 0.5 * d2
     assert mixed.shape == H.shape
+
+
+def test_positions_hint_gives_the_same_values_and_gradients_where_read(tiny, batch):
+    """The training loss reads H' on the answer only; computing the perturbation there alone
+    must not change what is read, nor the gradients."""
+    ids, _, inst = batch
+    model = attach(tiny, num_steps=30).train()
+    randomise(model)
+    steps = torch.tensor([27, 5])
+    read = torch.zeros_like(inst)
+    read[:, 8:] = True
+    full = model.hidden_states(ids, steps=steps, instruction_mask=inst)
+    full[read].pow(2).sum().backward()
+    grads = [p.grad.clone() for p in model.trainable_parameters()]
+    model.zero_grad()
+    part = model.hidden_states(ids, steps=steps, instruction_mask=inst, positions=read)
+    part[read].pow(2).sum().backward()
+    torch.testing.assert_close(part[read], full[read])
+    base = tiny.hidden_states(ids, steps.float() / 30)
+    assert torch.equal(part[~read], base[~read])  # unread positions hold the base's H
+    for got, want in zip((p.grad for p in model.trainable_parameters()), grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -29,7 +29,7 @@ def bench(
     batch: int = typer.Option(16, "--batch"),
     seq: int = typer.Option(128, "--seq"),
     steps: int = typer.Option(10, "--steps", help="Timed steps per method (after 3 warm-up steps)."),
-    base_dtype: str = typer.Option("bf16", "--base-dtype", help="bf16 | fp32: frozen base forward precision."),
+    base_dtype: str = typer.Option("auto", "--base-dtype", help="auto | bf16 | fp32: frozen base forward precision (auto: bf16 only where the hardware has it natively)."),
     registry: Optional[str] = typer.Option(None, "--registry"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the results JSON here."),
 ) -> None:
@@ -48,8 +48,8 @@ def bench(
         raise UsageError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHOD_NAMES)}")
     if min(batch, seq, steps) < 1 or seq <= 16:
         raise UsageError("--batch and --steps must be >= 1 and --seq > 16")
-    if base_dtype not in ("bf16", "fp32"):
-        raise UsageError("--base-dtype must be bf16 or fp32")
+    if base_dtype not in ("auto", "bf16", "fp32"):
+        raise UsageError("--base-dtype must be auto, bf16 or fp32")
     from ldp import checks
 
     checks.output_file("--json", json_path)

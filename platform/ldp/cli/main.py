@@ -41,6 +41,7 @@ COMMAND_MODULES = [
     "ldp.cli.jobs",  # jobs, status, logs (and the hidden _run-job)
     "ldp.cli.sweep",
     "ldp.cli.train_all",
+    "ldp.cli.compare",
     "ldp.cli.pretrain",
     "ldp.cli.eval",
     "ldp.cli.bench",

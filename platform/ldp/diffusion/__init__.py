@@ -1,4 +1,4 @@
-"""The masked-diffusion process (DESIGN §2): small named functions with shapes in their docstrings.
+"""The masked-diffusion process (docs/METHOD.md): small named functions with shapes in their docstrings.
 
 - :mod:`~ldp.diffusion.config`: :class:`DiffusionConfig` (T, transition, schedule, loss weighting
   and normalisation)

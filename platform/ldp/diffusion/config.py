@@ -1,4 +1,4 @@
-"""The diffusion process's configuration (DESIGN §2 "Diffusion process").
+"""The diffusion process's configuration (docs/METHOD.md, "The diffusion process").
 
 Built from YAML / ``--set`` through :func:`ldp.config.build`; ``__post_init__`` refuses bad values
 and inconsistent combinations with one ``ValueError`` line (turned into ``UsageError`` by the

@@ -1,4 +1,4 @@
-"""Adaptation methods behind one interface (DESIGN §2; STYLE point 1).
+"""Adaptation methods behind one interface (see docs/METHOD.md).
 
 Select a method by name and attach it to a base denoiser::
 

@@ -1,4 +1,4 @@
-"""The one interface every adaptation method implements (DESIGN §2 "Baselines", STYLE point 1).
+"""The one interface every adaptation method implements (one config, one ``attach``; see docs/METHOD.md).
 
 A method is selected by name (:func:`ldp.methods.get_method`) and is a :class:`Method`: a typed
 config dataclass plus ``attach(base, config) -> AdaptedModel``. An :class:`AdaptedModel` is an
@@ -13,7 +13,7 @@ diffusion loss and sampler use it unchanged, and additionally takes keyword-only
 Methods that do not use the step or the instruction accept and ignore them; they pass ``t``
 through to the base unchanged (so a time-conditioned base needs ``t``, not only ``steps``).
 
-Artifacts (DESIGN §4): ``save_adapter(folder, base_name=..., base_hash=...)`` writes peft's file
+Artifacts (the registry's adapter layout): ``save_adapter(folder, base_name=..., base_hash=...)`` writes peft's file
 names, ``adapter_config.json`` (our own ``peft_type``, the method name, its config, the base's
 name and hash) and ``adapter_model.safetensors`` with the adapter's own tensors only. Never
 pickles. :func:`ldp.methods.load_adapter` refuses a base whose :func:`base_fingerprint` differs
@@ -245,11 +245,14 @@ class AdaptedModel(nn.Module):
         *,
         steps: torch.Tensor | None = None,
         instruction_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final hidden states H' (B, L, d) of the adapted model.
 
         Methods that change the base's own modules (weight-lora, prefix, adapters, bitfit, full)
-        act inside this call; methods that perturb H itself (lora-diffusion) override it."""
+        act inside this call; methods that perturb H itself (lora-diffusion) override it.
+        ``positions`` (B, L) bool is a hint: the caller reads H' only there, and a method may
+        skip work elsewhere (lora-diffusion does); the methods here ignore it."""
         return self.base.hidden_states(input_ids, t, attention_mask)
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -235,7 +235,9 @@ class Composition(nn.Module):
     def _base_context(self, device: torch.device):
         """bf16 autocast for the base only when every adapter asked for it (then a single adapter
         sees exactly the base states it sees alone)."""
-        dtypes = {self.adapters[k].config.base_dtype for k in self._slots.values()}
+        from ldp.models.precision import resolve_base_dtype
+
+        dtypes = {resolve_base_dtype(self.adapters[k].config.base_dtype, device) for k in self._slots.values()}
         if dtypes == {"bf16"}:
             return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
         return nullcontext()

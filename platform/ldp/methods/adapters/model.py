@@ -1,7 +1,7 @@
 """Houlsby adapters attached by forward hooks on each block's attention and FFN sub-layers.
 
 ``base.block_parts().attention`` / ``.ffn`` name the modules whose output is the sub-layer's
-output before the residual add (DESIGN's ``BlockParts``); a forward hook replaces that output
+output before the residual add (the base's ``BlockParts``); a forward hook replaces that output
 ``y`` by ``adapter(y) = y + W_up act(W_down y)``, which is where Houlsby et al. place them.
 Tuple outputs get their first element replaced. The base is frozen; only the adapters train.
 """

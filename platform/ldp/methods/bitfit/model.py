@@ -3,7 +3,7 @@
 The biases are asked of the modules: every submodule's own ``bias`` parameter (``nn.Linear``,
 ``nn.LayerNorm``, convolution, ... and any custom module declaring one), found by walking modules
 with ``recurse=False``, never by matching names across the parameter tree. The native backbone
-keeps its bias terms so that this is meaningful (DESIGN §2).
+keeps its bias terms so that this is meaningful.
 """
 
 from __future__ import annotations

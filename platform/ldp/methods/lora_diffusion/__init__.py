@@ -1,4 +1,4 @@
-"""LoRA-Diffusion: the trajectory-level adapter (DESIGN §2 "Trajectory adapter")."""
+"""LoRA-Diffusion: the trajectory-level adapter (docs/METHOD.md)."""
 
 from ldp.methods.base import Method
 from ldp.methods.lora_diffusion.config import LoraDiffusionConfig

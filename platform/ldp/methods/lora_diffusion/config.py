@@ -1,4 +1,4 @@
-"""Config of the trajectory adapter (LoRA-Diffusion, DESIGN §2 "Trajectory adapter")."""
+"""Config of the trajectory adapter (LoRA-Diffusion; docs/METHOD.md)."""
 
 from __future__ import annotations
 
@@ -38,8 +38,10 @@ class LoraDiffusionConfig:
     inject_layers: list[int] = field(default_factory=list)
     """Also inject into the residual stream after these blocks (0-based; negative counts from
     the end). Empty (default): final hidden state only, and the base runs without autograd."""
-    base_dtype: Literal["fp32", "bf16"] = "fp32"
-    """Run the frozen base under bf16 autocast (``bf16``) or as is; adapter math stays fp32."""
+    base_dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    """Precision of the frozen base's forward: ``auto`` runs it under bf16 autocast where the
+    hardware has native bf16 (CUDA, AVX512-BF16/AMX CPUs) and in fp32 elsewhere; the adapter's
+    own math is always fp32."""
     offset: bool = True
     """Give each phase a trained constant offset ``b`` beside the low-rank modules (carries what
     does not depend on the example, such as the label marginal)."""

@@ -1,4 +1,4 @@
-"""The trajectory adapter attached to a frozen base (LoRA-Diffusion, DESIGN §2).
+"""The trajectory adapter attached to a frozen base (LoRA-Diffusion; docs/METHOD.md).
 
 ``H' = H + sum_i sigma(t) g_i(H, t, c)``, logits = head(H'), with the phase of step t choosing the
 modules, rank and sigma (see :mod:`ldp.methods.lora_diffusion.layer` for g_i and the FiLM formula).
@@ -246,7 +246,9 @@ class LoraDiffusionModel(AdaptedModel):
 
     # -- forward
     def _base_context(self, device: torch.device):
-        if self.config.base_dtype == "bf16":
+        from ldp.models.precision import resolve_base_dtype
+
+        if resolve_base_dtype(self.config.base_dtype, device) == "bf16":
             return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
         return nullcontext()
 
@@ -274,6 +276,17 @@ class LoraDiffusionModel(AdaptedModel):
                 delta = delta.index_copy(0, rows, part)
             return delta
 
+    def _perturb_at(self, hidden: torch.Tensor, ctx: _StepContext, positions: torch.Tensor) -> torch.Tensor:
+        """H with the final-site perturbation added at ``positions`` only: each chosen position
+        becomes a one-position row with its sequence's step context (the perturbation of a
+        position depends only on H there, the step and Enc(c), so the values are the same)."""
+        rows, cols = positions.bool().nonzero(as_tuple=True)
+        picked = hidden[rows, cols][:, None, :]  # (N, 1, d)
+        cond = None if ctx.cond is None else ctx.cond[rows]
+        sub = _StepContext(ctx.steps[rows], ctx.phase[rows], ctx.temb[rows], cond)
+        delta = self._perturb("final", picked, sub)[:, 0, :] if rows.numel() else picked[:, 0, :] * 0
+        return hidden.index_put((rows, cols), hidden[rows, cols] + delta)
+
     def _make_hook(self, site: str):
         def hook(module, args, output):
             ctx = self._context
@@ -293,7 +306,11 @@ class LoraDiffusionModel(AdaptedModel):
         *,
         steps: torch.Tensor | None = None,
         instruction_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """H' (B, L, d) fp32. ``positions`` (B, L) bool, for final-state adapters: the caller reads
+        H' only there (the training loss reads the answer), so the perturbation is computed
+        there alone and the other positions hold the base's H; without it, everywhere."""
         cfg = self.config
         batch = input_ids.shape[0]
         steps = resolve_steps(t, steps, cfg.num_steps, batch, device=input_ids.device)
@@ -318,7 +335,9 @@ class LoraDiffusionModel(AdaptedModel):
                 hidden = self.base.hidden_states(input_ids, t, attention_mask)
             hidden = hidden.float()
             ctx = _StepContext(steps, phase, temb, enc(hidden))
-            return hidden + self._perturb("final", hidden, ctx)
+            if positions is None:
+                return hidden + self._perturb("final", hidden, ctx)
+            return self._perturb_at(hidden, ctx, positions)
 
         cond = None
         if cfg.conditioning:
@@ -346,7 +365,7 @@ class LoraDiffusionModel(AdaptedModel):
     ) -> torch.Tensor:
         """``sum_i sigma(t) g_i(H, t, c)`` (B, L, d) fp32 at the final site for given base states H.
 
-        For composition (DESIGN §2 "Router and composition"): one frozen-base forward gives H,
+        For composition (``ldp.methods.compose``): one frozen-base forward gives H,
         and each task adapter's perturbation is added with its weight,
         ``H' = H + sum_j w_j perturbation_j(H, ...)``. Enc(c) is taken from H as in
         :meth:`hidden_states`. Only for final-state adapters (no ``inject_layers``).

@@ -1,7 +1,7 @@
 """Self-attention with learned key/value prefixes, for Hugging Face BERT-style encoders.
 
-``peft``'s prefix tuning feeds ``past_key_values``, which bidirectional encoders ignore (DESIGN
-§2), so the warm-started backbone gets each ``BertSelfAttention`` (transformers 5.x: ``query``,
+``peft``'s prefix tuning feeds ``past_key_values``, which bidirectional encoders ignore,
+so the warm-started backbone gets each ``BertSelfAttention`` (transformers 5.x: ``query``,
 ``key``, ``value`` Linear layers, ``forward(hidden_states, attention_mask=None, cache=None,
 **kwargs) -> (attn_output, attn_weights)``) replaced by :class:`PrefixSelfAttention`, which reuses
 the original Linear modules under the same names (so the base's ``state_dict`` keys do not change)

@@ -60,7 +60,13 @@ class AdapterConfig:
     """Data mirror (default LDP_DATA_DIR, else the hub)."""
     method_config: dict[str, Any] = field(default_factory=dict)
     """The method's own config (validated by the method's config class)."""
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    diffusion: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(loss_weighting="none"))
+    """The diffusion process. Task training scores masked answer tokens without the ELBO's
+    ``T/t`` weight (the paper's Eq. 8 as written): with it, a rare masked answer token at small
+    ``t`` weighs up to T times the others, Adam's second moment is dominated by those spikes and
+    every method learns the input-to-answer mapping several times more slowly (measured: weight
+    LoRA fitted 20/32 sst2 examples in 150 steps with the weight, 27/32 without). Base
+    pretraining keeps the ELBO weight, so its loss is a perplexity bound."""
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(max_steps=300, batch_size=16))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=None, warmup_steps=20))
     """``optim.lr`` unset: the method's own default learning rate (``Method.default_lr``)."""
@@ -113,7 +119,11 @@ def make_loss_fn(cfg: AdapterConfig):
         instruction = batch.get("instruction_mask")
 
         def hidden_fn(x_t, t_norm, attention_mask):
-            return inner.hidden_states(x_t, t_norm, attention_mask, instruction_mask=instruction)
+            # The loss reads H' on the answer only: a final-state adapter computes it there.
+            return inner.hidden_states(
+                x_t, t_norm, attention_mask, instruction_mask=instruction,
+                positions=batch["response_mask"],
+            )
 
         loss, stats = training_loss(
             inner, batch, cfg.diffusion, generator=generator, hidden_fn=hidden_fn,

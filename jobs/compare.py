@@ -1,0 +1,266 @@
+"""Job kind ``compare``: every method on every task under one budget (the paper's Table 7).
+
+Each cell (task, method) is an ordinary adapter job (the same spec, recipe, Ray Train + DeepSpeed
+path and registry publication as ``ldp submit``) with the same steps, batch, data and evaluation
+split for every method; only each method's own default learning rate differs (``--set
+optim.lr=...`` pins one for all). A cell whose resolved job spec was published before is reused
+(``retrain`` forces a new run). A failed cell is reported in the table and the others go on.
+
+The result holds one row per cell (primary metric, trainable parameters and %, training time,
+registry reference) and per method the average over tasks and the percentage of full
+fine-tuning (per task and of the averages). :func:`format_markdown` renders it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ldp.config import build, to_dict
+from ldp.errors import LdpError, UsageError
+
+__all__ = ["CompareSpec", "execute", "format_markdown", "validate_compare"]
+
+DEFAULT_TASKS = ["sst2", "agnews", "trec"]
+
+
+@dataclass
+class CompareSpec:
+    kind: Literal["compare"] = "compare"
+    tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
+    methods: list[str] = field(default_factory=lambda: ["all"])
+    """Method names, or ``all`` (every method)."""
+    size: str = "tiny"
+    base: str | None = None
+    steps: int | None = None
+    """Optimiser steps of every cell (default: the adapter recipe's)."""
+    split: Literal["validation", "test", "train"] = "validation"
+    """The split each adapter is scored on."""
+    eval_limit: int | None = 200
+    """Examples scored per cell (None: the whole split)."""
+    workers: int = 1
+    strategy: str = "auto"
+    registry: str | None = None
+    data_dir: str | None = None
+    storage_path: str | None = None
+    retrain: bool = False
+    """Train every cell even when an adapter for the same spec is published."""
+    train: dict[str, Any] = field(default_factory=dict)
+    """Adapter recipe overrides applied to every cell (``loop.batch_size``, ``optim.lr``, ...)."""
+
+    def __post_init__(self) -> None:
+        from ldp.data.tasks import get_task
+        from ldp.methods import METHOD_NAMES, get_method
+
+        if not self.tasks:
+            raise ValueError("tasks is empty")
+        for task in self.tasks:
+            get_task(task)
+        if self.methods == ["all"]:
+            self.methods = list(METHOD_NAMES)
+        if not self.methods:
+            raise ValueError("methods is empty")
+        for method in self.methods:
+            get_method(method)
+        if len(set(self.methods)) != len(self.methods) or len(set(self.tasks)) != len(self.tasks):
+            raise ValueError("tasks and methods must not repeat")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError("steps must be >= 1")
+        if self.eval_limit is not None and self.eval_limit < 1:
+            raise ValueError("eval_limit must be >= 1")
+
+
+def cell_spec(spec: CompareSpec, task: str, method: str, base: str | None = None) -> dict[str, Any]:
+    """The adapter job spec of one cell, validated (a bad override fails before any work)."""
+    from ldp.config import apply_overrides
+    from ldp.jobs.spec import validate_spec
+
+    train = apply_overrides(dict(spec.train), {"eval.split": spec.split, "eval.limit": spec.eval_limit})
+    data = {
+        "task": task, "method": method, "size": spec.size, "base": base or spec.base,
+        "steps": spec.steps, "workers": spec.workers, "strategy": spec.strategy,
+        "registry": spec.registry, "data_dir": spec.data_dir, "storage_path": spec.storage_path,
+        "train": train,
+    }
+    return to_dict(validate_spec({k: v for k, v in data.items() if v is not None}))
+
+
+def skipped_tasks(spec: CompareSpec) -> dict[str, str]:
+    """Tasks without train/validation data in the local mirror, with why (they are skipped)."""
+    from ldp.jobs.train_all import _has_data
+
+    return {t: why for t in spec.tasks if (why := _has_data(t, spec.data_dir))}
+
+
+def validate_compare(data: dict[str, Any]) -> CompareSpec:
+    """The spec and every cell's job spec, checked before any work (UsageError)."""
+    spec = build(CompareSpec, data, where="compare")
+    skipped = skipped_tasks(spec)
+    if len(skipped) == len(spec.tasks):
+        task, why = next(iter(skipped.items()))
+        raise UsageError(f"no task has data to train on ({task}: {why})")
+    for task in spec.tasks:
+        if task in skipped:
+            continue
+        for method in spec.methods:
+            cell_spec(spec, task, method)
+    return spec
+
+
+def _cell_from_registry(reg, ref: str) -> dict[str, Any]:
+    metrics = reg.read_json(ref, "metrics.json") or {}
+    ev = metrics.get("evaluation") or {}
+    primary = ev.get("primary")
+    trainable = metrics.get("trainable") or {}
+    return {
+        "ref": ref,
+        "primary": primary,
+        "score": (ev.get("metrics") or {}).get(primary),
+        "n": ev.get("n"),
+        "split": ev.get("split"),
+        "trainable": trainable.get("trainable"),
+        "trainable_pct": trainable.get("percent"),
+        "train_seconds": metrics.get("train_seconds"),
+    }
+
+
+def summarise(rows: list[dict[str, Any]], tasks: list[str], methods: list[str]) -> dict[str, Any]:
+    """Per method: average over tasks, % of full fine-tuning (of the averages and per task)."""
+    score = {(r["task"], r["method"]): r.get("score") for r in rows if r.get("score") is not None}
+    out: dict[str, Any] = {}
+    for method in methods:
+        values = [score.get((t, method)) for t in tasks]
+        complete = all(v is not None for v in values)
+        avg = sum(values) / len(values) if complete else None
+        per_task = {}
+        for t in tasks:
+            full = score.get((t, "full"))
+            mine = score.get((t, method))
+            per_task[t] = round(100.0 * mine / full, 1) if full and mine is not None else None
+        out[method] = {"average": avg, "pct_of_full_by_task": per_task}
+    full_avg = out.get("full", {}).get("average")
+    for method in methods:
+        avg = out[method]["average"]
+        out[method]["pct_of_full"] = round(100.0 * avg / full_avg, 1) if avg is not None and full_avg else None
+    return out
+
+
+def execute(spec_dict: dict[str, Any], job_id: str, *, log=print) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    from ldp.cluster import connect
+    from ldp.jobs import records
+    from ldp.jobs.adapter_job import ensure_base
+    from ldp.jobs.launch import run_job
+    from ldp.jobs.spec import JobSpec
+    from ldp.jobs.train_all import find_published_adapter
+    from ldp.jobs.train_all_spec import spec_hash
+    from ldp.store import Registry
+
+    spec = validate_compare(spec_dict)
+    started = time.perf_counter()
+    reg = Registry(spec.registry)
+    skipped = skipped_tasks(spec)
+    for task, why in skipped.items():
+        log(f"[ldp] skipping {task}: {why}")
+    tasks = [t for t in spec.tasks if t not in skipped]
+    first = cell_spec(spec, tasks[0], spec.methods[0])
+    base = ensure_base(JobSpec(**{k: v for k, v in first.items() if k != "kind"}), log=log)
+    log(f"[ldp] compare: {len(spec.methods)} method(s) x {len(spec.tasks)} task(s) on {base}")
+    rows: list[dict[str, Any]] = []
+    cells = [(t, m) for t in tasks for m in spec.methods]
+    handle = connect()
+    try:
+        bar = tqdm(cells, desc="compare", unit="cell")
+        for task, method in bar:
+            bar.set_postfix_str(f"{task}/{method}")
+            child = cell_spec(spec, task, method, base)
+            row: dict[str, Any] = {"task": task, "method": method}
+            found = None if spec.retrain else find_published_adapter(reg, task, method, spec_hash(child))
+            try:
+                if found:
+                    row.update(_cell_from_registry(reg, found), reused=True)
+                else:
+                    cell_id = f"{job_id}-{task}-{method}"
+                    records.create_job(child, job_id=cell_id, label=f"{task}-{method}")
+                    result = run_job(cell_id, spec=child)
+                    row.update(_cell_from_registry(reg, result["ref"]), reused=False, job=cell_id)
+            except Exception as exc:  # noqa: BLE001 - a failed cell is reported, the others go on
+                from ldp.errors import first_line
+
+                row["error"] = first_line(exc)
+            rows.append(row)
+            score = row.get("score")
+            log(f"[ldp] {task}/{method}: " + (
+                f"{row['primary']} {score:.2f}" + (" (reused)" if row.get("reused") else "")
+                if score is not None else f"FAILED: {row.get('error')}"
+            ))
+        bar.close()
+    finally:
+        handle.shutdown()
+    summary = summarise(rows, tasks, spec.methods)
+    failed = [r for r in rows if "error" in r]
+    if len(failed) == len(rows):
+        raise LdpError(f"every cell failed, e.g. {failed[0]['task']}/{failed[0]['method']}: {failed[0]['error']}")
+    return {
+        "ref": None,
+        "base": base,
+        "split": spec.split,
+        "tasks": tasks,
+        "skipped": skipped,
+        "methods": spec.methods,
+        "rows": rows,
+        "summary": summary,
+        "seconds": round(time.perf_counter() - started, 1),
+        "metrics": {m: s["average"] for m, s in summary.items() if s["average"] is not None},
+        "spec": to_dict(spec),
+    }
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def format_markdown(result: dict[str, Any]) -> str:
+    """The Table 7 analogue as Markdown: primary metric per task, average, % of full FT,
+    trainable parameters and %, and training time (summed over tasks)."""
+    tasks, methods = result["tasks"], result["methods"]
+    cells = {(r["task"], r["method"]): r for r in result["rows"]}
+    head = ["method", *tasks, "average", "% of full", "trainable", "trainable %", "train s"]
+    lines = [
+        f"Split: {result['split']}; base: {result['base']}; primary metric of each task "
+        "(n per cell in the JSON).",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" for _ in head) + "|",
+    ]
+    for method in methods:
+        row = [method]
+        for task in tasks:
+            cell = cells.get((task, method), {})
+            row.append(_fmt(cell.get("score")) if "error" not in cell else "FAILED")
+        summary = result["summary"][method]
+        mine = [cells.get((t, method), {}) for t in tasks]
+        trainable = next((c.get("trainable") for c in mine if c.get("trainable") is not None), None)
+        pct = next((c.get("trainable_pct") for c in mine if c.get("trainable_pct") is not None), None)
+        seconds = [c.get("train_seconds") for c in mine if c.get("train_seconds") is not None]
+        row += [
+            _fmt(summary["average"]), _fmt(summary["pct_of_full"]),
+            f"{trainable:,}" if trainable is not None else "—", _fmt(pct, 3),
+            _fmt(sum(seconds), 0) if seconds else "—",
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    if result.get("skipped"):
+        lines.append("")
+    for task, why in (result.get("skipped") or {}).items():
+        lines.append(f"- skipped {task}: {why}")
+    errors = [r for r in result["rows"] if "error" in r]
+    if errors:
+        lines.append("")
+        lines += [f"- FAILED {r['task']}/{r['method']}: {r['error']}" for r in errors]
+    return "\n".join(lines) + "\n"
