@@ -98,7 +98,12 @@ class ClusterHandle:
 def resolve_address(address: str | None = None) -> tuple[Kind, str]:
     """``(kind, address)`` for ``address`` or ``RAY_ADDRESS``; raises :class:`UsageError`."""
     raw = (address if address is not None else os.environ.get("RAY_ADDRESS", "")).strip()
-    if raw in ("", "local"):
+    if raw == "":
+        head = _cluster_up_head()
+        if head is not None:  # a head started by `ldp cluster up`: jobs use it, no address needed
+            return "ray", head
+        return "local", "local"
+    if raw == "local":
         return "local", "local"
     if raw == "auto":
         return "ray", "auto"
@@ -119,6 +124,17 @@ def resolve_address(address: str | None = None) -> tuple[Kind, str]:
             "http://host:8265"
         )
     return "ray", raw
+
+
+def _cluster_up_head() -> str | None:
+    """The address of the local head ``ldp cluster up`` started (and that still runs), or None."""
+    from ldp.cluster.local import running_head
+
+    try:
+        head = running_head()
+    except LdpError:
+        return None
+    return head.address if head is not None else None
 
 
 def worker_env(*, local: bool = True) -> dict[str, str]:

@@ -138,6 +138,35 @@ def test_resolve_address(monkeypatch):
             resolve_address(bad)
 
 
+def test_a_head_from_cluster_up_is_used_without_an_address(monkeypatch):
+    """`ldp cluster up` records its head; jobs find it with no --address or RAY_ADDRESS, while an
+    explicit `local` still asks for an embedded Ray."""
+    import ldp.cluster.local as local
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    head = local.HeadInfo(**{f: v for f, v in _head_fields().items()})
+    monkeypatch.setattr(local, "running_head", lambda: head)
+    assert resolve_address() == ("ray", head.address)
+    assert resolve_address("local") == ("local", "local")
+    monkeypatch.setattr(local, "running_head", lambda: None)
+    assert resolve_address() == ("local", "local")
+
+
+def _head_fields() -> dict:
+    import dataclasses
+
+    import ldp.cluster.local as local
+
+    values = {"host": "127.0.0.1", "port": 6380, "dashboard_port": 8265, "pid": 1, "num_cpus": 2.0}
+    out = {}
+    for f in dataclasses.fields(local.HeadInfo):
+        if f.name in values:
+            out[f.name] = values[f.name]
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            out[f.name] = "x" if f.type in ("str", str) else 0
+    return out
+
+
 def test_worker_env(monkeypatch, tmp_path):
     monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
     monkeypatch.delenv("LDP_CACHE", raising=False)
