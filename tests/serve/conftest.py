@@ -122,8 +122,15 @@ def serve_app(serve_registry, ray_session_home, tmp_path_factory):
         mp.delenv(key, raising=False)
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False,
-             runtime_env={"env_vars": {k: v for k, v in env.items()}})
+    for attempt in range(3):  # Ray gives its raylet 30 s to register: too short on a busy host
+        try:
+            ray.init(address="local", num_cpus=2, include_dashboard=False,
+                     runtime_env={"env_vars": dict(env)})
+            break
+        except Exception as exc:
+            if "timed out during startup" not in str(exc) or attempt == 2:
+                raise
+            ray.shutdown()
     port = free_port()
     common = dict(registry=serve_registry["registry"], bundle=serve_registry["bundle"],
                   adapters=[serve_registry["weight_lora"]], max_new_tokens=16, default_new_tokens=8,
