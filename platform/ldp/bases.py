@@ -1,7 +1,8 @@
 """Finding a base denoiser: a registry reference (``bases/tiny@latest``) or a local folder.
 
 Bases are published by ``ldp pretrain`` into the registry; adapters record the reference and
-digest of the base they were trained on (DESIGN §4).
+digest of the base they were trained on; loading an adapter onto another base is refused
+(see docs/ARCHITECTURE.md, "Registry").
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Every method x every backbone: the shared interface (DESIGN §2 "Baselines", §4 artifacts).
+"""Every method x every backbone: the shared interface (attach, trainable
+parameters, adapter-only save/load in the registry's peft-style file layout).
 
 Backbones: the test-local ``tiny``, the native transformer and the warm-started BERT wrapper, all
 at hidden 32. Small method configs keep it fast; defaults are checked in ``test_registry.py``.

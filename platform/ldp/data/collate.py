@@ -1,4 +1,5 @@
-"""Tokenisation and collation for diffusion SFT (LLaDA / dllm conventions, DESIGN §2).
+"""Tokenisation and collation for diffusion SFT (LLaDA / dllm conventions: prompt
+labels excluded, EOS padding trained as part of the answer; see docs/ARCHITECTURE.md).
 
 A sequence is ``prompt ids (with the tokenizer's own special tokens, e.g. [CLS] .. [SEP])`` then
 ``target ids + EOS``, padded on the right with EOS. The padding counts as answer: the model learns
