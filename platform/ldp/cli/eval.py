@@ -51,12 +51,7 @@ def eval_command(
     get_task(task)
     if adapter is None and base is None:
         raise UsageError("give --adapter REF or --base REF")
-    if split not in ("train", "validation", "test"):
-        raise UsageError(f"--split must be train, validation or test, got {split!r}")
-    if limit is not None and limit < 1:
-        raise UsageError("--limit must be >= 1")
-    if mode not in ("auto", "generate", "likelihood"):
-        raise UsageError(f"--mode must be auto, generate or likelihood, got {mode!r}")
+    _check_common(split, limit, mode)
 
     from ldp.bases import load_adapted, resolve_base
     from ldp.evaluation import evaluate_task
