@@ -1,4 +1,4 @@
-"""The trajectory adapter (DESIGN §2): identity at init, phases, FiLM, regularisers, rank."""
+"""The trajectory adapter (docs/METHOD.md): identity at init, phases, FiLM, regularisers, rank."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Base denoisers (DESIGN §2 "Base denoiser"): one interface, two backbones, size presets.
+"""Base denoisers (docs/METHOD.md): one interface, two backbones, size presets.
 
 - :mod:`ldp.models.denoiser`: the ``Denoiser`` protocol every base implements.
 - :mod:`ldp.models.native`: ``DiffusionTransformer``, the bidirectional pre-norm RoPE transformer

@@ -1,6 +1,6 @@
 """The one interface every base diffusion LM implements.
 
-DESIGN §2: a base denoiser ``f(x_t, t, c) -> H`` returns final hidden states ``H`` (B, L, d) and
+A base denoiser ``f(x_t, t, c) -> H`` returns final hidden states ``H`` (B, L, d) and
 a frozen output head maps ``H`` to logits. Adaptation methods (``ldp.methods``) perturb ``H`` or
 the modules inside the backbone; the diffusion process (``ldp.diffusion``) only ever calls
 ``forward`` (or ``hidden_states`` + ``head``).

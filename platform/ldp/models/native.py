@@ -1,4 +1,4 @@
-"""The native base denoiser: a bidirectional pre-norm transformer for masked diffusion (DESIGN §2).
+"""The native base denoiser: a bidirectional pre-norm transformer for masked diffusion.
 
 Reads top to bottom: config, small building blocks (norm, RoPE, attention, feed-forward, time
 embedding), one block, the model. Shapes are written ``(B, L, d)``: batch, length, hidden;

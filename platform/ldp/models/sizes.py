@@ -1,4 +1,4 @@
-"""Size presets of the native denoiser and parameter counts taken without allocating (DESIGN §6).
+"""Size presets of the native denoiser and parameter counts taken without allocating.
 
 Shapes follow GPT-3's table (Brown et al. 2020, Table 2.1: 4x FFN, 128-channel heads) with a
 LLaMA-style body (pre-norm, RoPE), one tokenizer for every size (BERT WordPiece uncased, 30522

@@ -1,6 +1,6 @@
 """Warm start: any Hugging Face encoder or masked LM turned into a masked-diffusion denoiser.
 
-This is how real diffusion LMs are made from existing models (DESIGN §2, ``ldp pretrain --init``).
+This is how real diffusion LMs are made from existing models (``ldp pretrain --init``).
 :class:`WarmStartDenoiser` wraps the checkpoint unchanged as ``self.backbone`` and adds only what a
 denoiser needs and the checkpoint lacks:
 
