@@ -42,6 +42,7 @@ __all__ = [
     "ADAPTER_WEIGHTS_NAME",
     "AdaptedModel",
     "Method",
+    "OnABase",
     "base_fingerprint",
     "copy_into",
     "module_paths",
@@ -196,26 +197,11 @@ def read_adapter_config(folder: str | Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the model
 
 
-class AdaptedModel(nn.Module):
-    """A base denoiser plus one method's adapter; satisfies the ``Denoiser`` protocol.
+class OnABase(nn.Module):
+    """A module wrapping a base denoiser ``self.base``: the Denoiser attributes are the base's."""
 
-    Subclasses implement :meth:`hidden_states`, :meth:`trainable_parameters` and
-    :meth:`_adapter_tensors` (the live tensors that make up the adapter, by saved name); the
-    rest (``forward``, ``head``, the Denoiser attributes, state-dict I/O, saving) lives here.
-    ``attach`` mutates the base in place (``requires_grad`` flags, hooks, injected layers), as
-    peft does; the adapted model owns it as ``self.base``.
-    """
+    base: nn.Module
 
-    method_name: ClassVar[str] = ""
-    peft_type: ClassVar[str] = ""
-
-    def __init__(self, base: nn.Module, config: Any, *, base_hash: str) -> None:
-        super().__init__()
-        self.base = base
-        self.config = config
-        self.base_hash = base_hash
-
-    # -- Denoiser attributes (delegated to the base)
     @property
     def mask_token_id(self) -> int:
         return self.base.mask_token_id
@@ -235,6 +221,26 @@ class AdaptedModel(nn.Module):
     @property
     def hidden_size(self) -> int:
         return self.base.hidden_size
+
+
+class AdaptedModel(OnABase):
+    """A base denoiser plus one method's adapter; satisfies the ``Denoiser`` protocol.
+
+    Subclasses implement :meth:`hidden_states`, :meth:`trainable_parameters` and
+    :meth:`_adapter_tensors` (the live tensors that make up the adapter, by saved name); the
+    rest (``forward``, ``head``, the Denoiser attributes, state-dict I/O, saving) lives here.
+    ``attach`` mutates the base in place (``requires_grad`` flags, hooks, injected layers), as
+    peft does; the adapted model owns it as ``self.base``.
+    """
+
+    method_name: ClassVar[str] = ""
+    peft_type: ClassVar[str] = ""
+
+    def __init__(self, base: nn.Module, config: Any, *, base_hash: str) -> None:
+        super().__init__()
+        self.base = base
+        self.config = config
+        self.base_hash = base_hash
 
     # -- Denoiser methods
     def hidden_states(

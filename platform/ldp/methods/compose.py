@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ldp.errors import UsageError
-from ldp.methods.base import AdaptedModel, base_fingerprint, resolve_steps
+from ldp.methods.base import AdaptedModel, OnABase, base_fingerprint, resolve_steps
 
 __all__ = ["Composition", "load_composition", "weights_from_mapping"]
 
@@ -51,7 +51,7 @@ def _check_composable(name: str, adapter: Any) -> None:
         )
 
 
-class Composition(nn.Module):
+class Composition(OnABase):
     """A frozen base plus named final-state adapters mixed by weights; a ``Denoiser``.
 
     ``names`` is the adapter order, which is also the column order of every weight tensor.
@@ -142,27 +142,7 @@ class Composition(nn.Module):
         self.base.eval()  # a fixed feature extractor, as inside each adapter
         return self
 
-    # -- Denoiser attributes (the base's)
-    @property
-    def mask_token_id(self) -> int:
-        return self.base.mask_token_id
-
-    @property
-    def pad_token_id(self) -> int:
-        return self.base.pad_token_id
-
-    @property
-    def eos_token_id(self) -> int:
-        return self.base.eos_token_id
-
-    @property
-    def vocab_size(self) -> int:
-        return self.base.vocab_size
-
-    @property
-    def hidden_size(self) -> int:
-        return self.base.hidden_size
-
+    # -- Denoiser attributes: the base's (OnABase), and T
     @property
     def num_steps(self) -> int:
         """T shared by the adapters (the diffusion step count they were trained with)."""
