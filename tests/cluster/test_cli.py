@@ -29,7 +29,7 @@ def test_help_lists_the_commands(capsys):
         (
             ["cluster", "up", "--port", "70000"],
             2,
-            "ldp: error: --port must be a TCP port, got 70000",
+            "ldp: error: --port must be a TCP port (1-65535), got 70000",
         ),
         (
             ["cluster", "up", "--port", "7000", "--dashboard-port", "7000"],

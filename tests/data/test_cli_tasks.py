@@ -44,6 +44,7 @@ def test_tasks_table_uses_ldp_data_dir(data_dir, capsys, monkeypatch):
 
 
 def test_tasks_bad_data_dir_is_one_line(tmp_path, capsys):
-    assert main(["tasks", "--data-dir", str(tmp_path / "nope")]) == 1
+    # a folder that does not exist is bad usage, found before anything is read
+    assert main(["tasks", "--data-dir", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("ldp: error: data dir") and err.count("\n") == 1
+    assert err.startswith("ldp: error: --data-dir: no such folder") and err.count("\n") == 1
