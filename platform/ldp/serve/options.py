@@ -30,6 +30,7 @@ class ServeOptions:
     max_new_tokens: int = 128
     """Longest answer a request may ask for."""
     default_new_tokens: int = 32
+    """Answer length of a request that names none (capped at ``max_new_tokens``)."""
     max_steps: int = 512
     """Most denoising steps a request may ask for."""
     max_prompt_tokens: int = 256
@@ -47,8 +48,9 @@ class ServeOptions:
                      "max_steps", "max_prompt_tokens", "replicas", "num_steps"):
             if int(getattr(self, name)) < 1:
                 raise UsageError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.default_new_tokens > self.max_new_tokens:
-            raise UsageError("default_new_tokens must not exceed max_new_tokens")
+        # A lower --max-new-tokens caps the default too, rather than failing on an option the
+        # user never set.
+        self.default_new_tokens = min(self.default_new_tokens, self.max_new_tokens)
         if self.batch_wait_s < 0 or self.num_cpus < 0:
             raise UsageError("batch_wait_s and num_cpus must be >= 0")
         if self.block_length is not None and self.block_length < 1:
