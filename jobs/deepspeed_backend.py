@@ -36,12 +36,12 @@ bf16 autocast when ``LoopConfig.precision == "bf16"``; DeepSpeed's own bf16/fp16
 
 from __future__ import annotations
 
-import copy
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
+from ldp.config import deep_merge  # re-exported: the DeepSpeed config overrides merge with it
 from ldp.errors import LdpError, UsageError
 from ldp.training.optim import OptimConfig, build_optimizer
 from ldp.training.trainer import LoopConfig, LossFn
@@ -78,16 +78,6 @@ def _to_device(batch: Any, device: torch.device) -> Any:
         return type(batch)(*(_to_device(v, device) for v in batch))
     return batch
 
-
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``override`` merged in recursively (dicts merge, other values replace)."""
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 class DeepSpeedBackend:

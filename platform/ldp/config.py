@@ -8,6 +8,7 @@ or the CLI) into those objects and back, refusing unknown keys and ill-typed val
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import types
@@ -99,16 +100,17 @@ def _over_field_default(field: dataclasses.Field, value: Any) -> Any:
     default = field.default_factory()
     if not dataclasses.is_dataclass(default):
         return value
-    return _deep_merge(to_dict(default), value)
+    return deep_merge(to_dict(default), value)
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override`` merged in recursively (dicts merge, other values replace)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
-            out[key] = value
+            out[key] = copy.deepcopy(value)
     return out
 
 

@@ -28,19 +28,7 @@ def _spec(config: Optional[Path], sets: list[str], explicit: dict) -> dict:
     from ldp import config as cfgmod
     from ldp.jobs.train_all_spec import PipelineSpec
 
-    data: dict = {}
-    if config is not None:
-        if not config.is_file():
-            raise UsageError(f"config file not found: {config}")
-        import yaml
-
-        try:
-            loaded = yaml.safe_load(config.read_text())
-        except yaml.YAMLError as exc:
-            raise UsageError(f"{config}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise UsageError(f"{config}: expected a mapping at the top level")
-        data = loaded or {}
+    data = cfgmod.read_mapping(config) if config is not None else {}
     keys = {f.name for f in fields(PipelineSpec)}
     overrides = {}
     for key, value in cfgmod.parse_overrides(sets).items():
