@@ -12,7 +12,8 @@
    pipeline never hands Ray more than it can place). A failed task is reported with its error;
    the others go on.
 4. Train the router over the adapters that exist (a ``router`` child job, reused when one was
-   published for the same adapters and settings).
+   published for the same adapters and settings). With ``router.train_adapters`` the router job
+   also publishes the adapters it fine-tuned as new versions; the bundle names those.
 5. Optionally evaluate the composition per task (router / uniform / oracle / base; Table 11).
 6. Publish ``bundles/<name>@N``: the base ref and digest, each adapter ref, the router ref, the
    per-task metrics and the pipeline spec. No router, no bundle.
@@ -219,9 +220,13 @@ def execute(spec_dict: dict[str, Any], job_id: str, *, log=print) -> dict[str, A
         ordered = {t: adapters[t] for t in tasks if t in adapters}
         if not ordered:
             raise LdpError("no adapter trained: " + "; ".join(f"{t}: {e}" for t, e in failed.items()))
-        router_ref = _router(spec, base, ordered, job_id, reg, progress, log)
+        router_ref, routed = _router(spec, base, ordered, job_id, reg, progress, log)
     finally:
         handle.shutdown()
+    if routed != ordered:  # router.train_adapters: the bundle names the fine-tuned versions
+        for task, ref in routed.items():
+            metrics.setdefault(task, {})["tuned_from"] = ordered[task]
+        ordered = {t: routed[t] for t in ordered}
 
     comparison = None
     if spec.compare:
@@ -242,10 +247,13 @@ def execute(spec_dict: dict[str, Any], job_id: str, *, log=print) -> dict[str, A
     }
 
 
-def _router(spec, base: str, adapters: dict[str, str], parent: str, reg, progress: _Progress, log) -> str:
+def _router(spec, base: str, adapters: dict[str, str], parent: str, reg, progress: _Progress,
+            log) -> tuple[str, dict[str, str]]:
+    """``(router ref, {task: adapter ref the router goes with})``: the adapters given, or their
+    fine-tuned new versions when ``router.train_adapters`` is set."""
     from ldp.jobs import records
     from ldp.jobs.launch import run_job
-    from ldp.jobs.router_job import find_published
+    from ldp.jobs.router_job import find_published, routed_adapters
     from ldp.jobs.train_all_spec import router_job_spec
 
     rspec = router_job_spec(spec, base, adapters)
@@ -253,7 +261,7 @@ def _router(spec, base: str, adapters: dict[str, str], parent: str, reg, progres
     if found:
         progress.set("(router)", state="reused", ref=found)
         log(f"[ldp] router: reusing {found} (published for the same adapters and settings)")
-        return found
+        return found, {**adapters, **routed_adapters(reg, found)}
     job_id = f"{parent}-router"
     records.create_job(rspec, job_id=job_id, label="router")
     progress.set("(router)", state="running", job=job_id)
@@ -263,7 +271,7 @@ def _router(spec, base: str, adapters: dict[str, str], parent: str, reg, progres
         progress.set("(router)", state="FAILED", metric=str(exc).splitlines()[0][:80])
         raise LdpError(f"the router job {job_id} failed, no bundle published: {str(exc).splitlines()[0]}") from exc
     progress.set("(router)", state="trained", ref=result["ref"])
-    return result["ref"]
+    return result["ref"], {**adapters, **(result.get("adapters") or {})}
 
 
 def _compare(spec, adapters: dict[str, str], base: str, router: str, log) -> dict[str, Any] | None:

@@ -171,3 +171,48 @@ def test_eval_mix_of_weight_lora_adapters_uses_the_peft_merge(small_base, data_d
     assert main(["eval", "--mix", mix, "--task", "sst2", "--weights", "auto", "--data-dir", str(data_dir),
                  "--limit", "2", "--elbo-samples", "1", "--json", "-"]) == 0  # auto = uniform for a mix
     assert json.loads(capsys.readouterr().out)["weights"] == {"sst2": 0.5, "trec": 0.5}
+
+
+def _version_bytes(root: Path, name: str, version: int) -> dict[str, bytes]:
+    folder = root / name / str(version)
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_train_adapters_publishes_new_versions_and_keeps_the_old(adapters, small_base, data_dir, tmp_path):
+    """router.train_adapters: the adapters change, are published as new versions next to the
+    untouched old ones, and the router (and what train-all bundles) names the new ones."""
+    from safetensors.torch import load_file
+
+    from ldp.jobs.recipe import train_locally
+    from ldp.jobs.router_job import publish_router, routed_adapters
+    from ldp.methods.router import load_router
+    from ldp.store import Registry
+
+    root = tmp_path / "reg"
+    reg = Registry(root.as_uri())
+    old = {t: str(reg.publish(f"adapters/{t}/lora-diffusion", folder)) for t, folder in adapters.items()}
+    before = {t: _version_bytes(root, f"adapters/{t}/lora-diffusion", 1) for t in TASKS}
+    cfg = {
+        "tasks": TASKS, "adapters": {t: f"adapters/{t}/lora-diffusion@latest" for t in TASKS},
+        "registry": root.as_uri(), "base": str(small_base.folder), "data_dir": str(data_dir),
+        "hidden": 32, "train_limit": 16, "val_limit": 4, "loop": {"max_steps": 3, "batch_size": 8},
+        "optim": {"lr": 1e-2, "warmup_steps": 1}, "train_adapters": True, "adapter_lr": 1e-3,
+    }
+    artifact = tmp_path / "artifact"
+    train_locally("ldp.training.recipes.router", cfg, artifact)
+    out = publish_router(reg, {"name": "joint", "config": cfg}, artifact, {}, "job-joint", log=lambda m: None)
+
+    new = {t: f"adapters/{t}/lora-diffusion@2" for t in TASKS}
+    assert out == {"ref": "routers/joint@1", "adapters": new}
+    assert routed_adapters(reg, out["ref"]) == new
+    router_dir = Path(reg.pull(out["ref"]))
+    assert not (router_dir / "adapters").exists()  # the adapters live under their own names
+    assert json.loads((router_dir / "router_config.json").read_text())["adapters"] == new
+    assert load_router(router_dir).tasks == TASKS
+    for task in TASKS:
+        assert _version_bytes(root, f"adapters/{task}/lora-diffusion", 1) == before[task]
+        was = load_file(str(Path(reg.pull(old[task])) / "adapter_model.safetensors"))
+        now = load_file(str(Path(reg.pull(new[task])) / "adapter_model.safetensors"))
+        assert was.keys() == now.keys()
+        assert any(not torch.equal(was[k], now[k]) for k in was), f"{task}: adapter weights unchanged"
+        assert reg.open_manifest(new[task]).metadata["tuned_from"] == old[task]

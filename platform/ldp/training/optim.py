@@ -7,7 +7,12 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["OptimConfig", "build_optimizer", "warmup_cosine"]
+__all__ = ["LR_SCALE_ATTR", "OptimConfig", "build_optimizer", "param_groups", "set_lr_scale", "warmup_cosine"]
+
+LR_SCALE_ATTR = "ldp_lr_scale"
+"""Attribute of a parameter: its learning rate is ``optim.lr`` times this (default 1). Set on the
+parameter object itself, so every optimiser built from a plain parameter list (the local trainer
+and every DeepSpeed strategy) honours it without a second way of naming parameters."""
 
 
 @dataclass
@@ -50,9 +55,13 @@ def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, min_lr_rati
 def build_optimizer(
     params: list[torch.nn.Parameter], cfg: OptimConfig, total_steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over ``params`` (biases and norms included: adapters are small) and its schedule."""
+    """AdamW over ``params`` (biases and norms included: adapters are small) and its schedule.
+
+    Parameters marked by :func:`set_lr_scale` form their own groups (:func:`param_groups`); the
+    schedule multiplies every group's own peak rate."""
     optimizer = torch.optim.AdamW(
-        params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay
+        param_groups(params, cfg.lr), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
@@ -61,3 +70,21 @@ def build_optimizer(
         ),
     )
     return optimizer, scheduler
+
+
+def set_lr_scale(params, scale: float) -> None:
+    """Train ``params`` at ``scale`` times the optimiser's learning rate."""
+    if not (0 < scale < float("inf")):
+        raise ValueError(f"a learning-rate scale must be a positive finite number, got {scale}")
+    for p in params:
+        setattr(p, LR_SCALE_ATTR, float(scale))
+
+
+def param_groups(params: list[torch.nn.Parameter], lr: float) -> list[dict]:
+    """One AdamW group per learning-rate scale, in first-seen order with the unscaled group first
+    (its rate is the one the trainer logs)."""
+    groups: dict[float, list[torch.nn.Parameter]] = {}
+    for p in params:
+        groups.setdefault(float(getattr(p, LR_SCALE_ATTR, 1.0)), []).append(p)
+    order = sorted(groups, key=lambda s: s != 1.0)  # stable: 1.0 first, others as seen
+    return [{"params": groups[s], **({} if lr is None else {"lr": lr * s})} for s in order]

@@ -6,9 +6,11 @@ the same), each row tagged with its task index. Loss per batch::
     task_weight * -log w_task  +  denoise_weight * L_diffusion(composed model)
 
 where the composed model is ``H + sum_j w_j perturbation_j(H)`` with ``w = router(Enc(c))`` and
-``Enc(c)`` taken from the same frozen-base states (one base forward per step). The adapters stay
-frozen; only the router trains. Every row keeps its own task's answer shape (the task's
-generation length, EOS padded), as its adapter was trained.
+``Enc(c)`` taken from the same frozen-base states (one base forward per step). By default the
+adapters stay frozen and only the router trains; with ``train_adapters`` the adapters are
+fine-tuned jointly at their own small learning rate (``adapter_lr``) and exported beside the
+router (``adapters/<task>/``) to be published as new adapter versions. Every row keeps its own
+task's answer shape (the task's generation length, EOS padded), as its adapter was trained.
 
 The same ``build``/``export`` pair runs in one process (:func:`ldp.jobs.recipe.train_locally`)
 and in Ray Train workers (``ldp.jobs.runner``); the artifact is a router folder
@@ -34,7 +36,11 @@ from ldp.training.loader import ResumableLoader
 from ldp.training.optim import OptimConfig
 from ldp.training.trainer import LoopConfig
 
-__all__ = ["RouterConfig", "RoutedModel", "MixedTaskCollator", "validate", "build", "export", "load_parts"]
+__all__ = ["RouterConfig", "RoutedModel", "MixedTaskCollator", "TUNED_ADAPTERS_DIR", "validate", "build", "export",
+           "load_parts"]
+
+TUNED_ADAPTERS_DIR = "adapters"
+"""Subfolder of the exported router folder holding the jointly fine-tuned adapters, one per task."""
 
 
 @dataclass
@@ -64,6 +70,10 @@ class RouterConfig:
     """Validation examples per task (validation loss and task accuracy)."""
     max_prompt_len: int | None = None
     """Prompt token budget (default: each task's)."""
+    train_adapters: bool = False
+    """Fine-tune the adapters jointly with the router (exported as new adapter folders)."""
+    adapter_lr: float = 1e-4
+    """Peak learning rate of the adapters when ``train_adapters`` (the router uses ``optim.lr``)."""
 
     def __post_init__(self) -> None:
         from ldp.data.tasks import get_task
@@ -83,6 +93,8 @@ class RouterConfig:
             )
         if self.hidden < 1:
             raise ValueError("router.hidden must be >= 1")
+        if not 0 < self.adapter_lr < float("inf"):
+            raise ValueError(f"adapter_lr must be a positive finite number, got {self.adapter_lr}")
         if self.task_weight < 0 or self.denoise_weight < 0 or self.task_weight + self.denoise_weight == 0:
             raise ValueError("task_weight and denoise_weight must be >= 0 and not both 0")
         for name in ("train_limit", "val_limit"):
@@ -105,8 +117,19 @@ class RoutedModel(nn.Module):
 
     def train(self, mode: bool = True) -> RoutedModel:
         super().train(mode)
-        self.composition.train(False)  # the base and the adapters are fixed feature extractors
+        # The base and the adapters run as at inference (no dropout), also when the adapters'
+        # weights are being fine-tuned (train_adapters): only their parameters change.
+        self.composition.train(False)
         return self
+
+    def adapter_parameters(self) -> dict[str, nn.Parameter]:
+        """Every adapter's trainable parameters keyed by their names in this model."""
+        names = {id(p): n for n, p in self.named_parameters()}
+        out = {}
+        for task in self.composition.names:
+            for p in self.composition.adapter(task).trainable_parameters():
+                out[names[id(p)]] = p
+        return out
 
     def routed_hidden(self, x_t, t_norm, attention_mask, instruction_mask):
         """``(H' (B, L, d), Enc(c) (B, d))`` of one composed step weighted by the router."""
@@ -261,6 +284,16 @@ def build(config: dict[str, Any], rank: int, world_size: int):
     train = _rows(cfg, tokenizer, "train", cfg.train_limit)
     val = _rows(cfg, tokenizer, "validation", cfg.val_limit)
     router.fit_input_stats(_sample_encodings(comp, collate, train))
+    named = {f"router.{n}": p for n, p in router.named_parameters()}
+    if cfg.train_adapters:
+        from ldp.training.optim import set_lr_scale
+
+        tuned = model.adapter_parameters()
+        for p in tuned.values():
+            p.requires_grad_(True)
+        # One optimiser, two rates: the router at optim.lr, the adapters at adapter_lr.
+        set_lr_scale(tuned.values(), cfg.adapter_lr / (cfg.optim.lr or cfg.adapter_lr))
+        named.update(tuned)
     loader = ResumableLoader(train, cfg.loop.batch_size, collate, seed=cfg.loop.seed, rank=rank,
                              world_size=world_size)
     # Round-robin over the tasks so that every validation batch holds several of them.
@@ -269,7 +302,7 @@ def build(config: dict[str, Any], rank: int, world_size: int):
     val_batches = [collate(val[i : i + cfg.loop.batch_size]) for i in range(0, len(val), cfg.loop.batch_size)]
     return Built(
         model=model,
-        named_trainable={f"router.{n}": p for n, p in router.named_parameters()},
+        named_trainable=named,
         loss_fn=make_loss_fn(cfg),
         train_loader=loader,
         loop=cfg.loop,
@@ -293,6 +326,9 @@ def export(built, trainable_state: dict[str, torch.Tensor], folder: Path) -> Non
     source = built.extra["source"]
     folder = Path(folder)
     model.router.save(folder, base_name=source.ref, extra={"adapters": built.extra["refs"]})
+    if cfg.train_adapters:
+        for task in cfg.tasks:
+            model.composition.adapter(task).save_adapter(folder / TUNED_ADAPTERS_DIR / task, base_name=source.ref)
     (folder / "job_config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     if source.digest:
         (folder / "base.json").write_text(json.dumps({"ref": source.ref, "digest": source.digest}))
