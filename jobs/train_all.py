@@ -33,7 +33,7 @@ from typing import Any
 from ldp.config import to_dict
 from ldp.errors import LdpError
 
-__all__ = ["execute", "find_published_adapter"]
+__all__ = ["execute", "find_published_adapter", "publish_bundle"]
 
 
 def find_published_adapter(reg, task: str, method: str, want: str) -> str | None:
@@ -231,7 +231,7 @@ def execute(spec_dict: dict[str, Any], job_id: str, *, log=print) -> dict[str, A
     comparison = None
     if spec.compare:
         comparison = _compare(spec, ordered, base, router_ref, log)
-    bundle_ref = _publish_bundle(spec, reg, base, ordered, router_ref, metrics, failed, comparison, job_id)
+    bundle_ref = publish_bundle(spec, reg, base, ordered, router_ref, metrics, failed, comparison, job_id)
     missing = [t for t in spec.tasks if t not in ordered]
     seconds = round(time.perf_counter() - started, 1)
     log(f"[ldp] published {bundle_ref} ({len(ordered)} adapters, router {router_ref}) in {seconds}s"
@@ -298,7 +298,10 @@ def _headline(comparison: dict[str, Any] | None) -> dict[str, float]:
     return out
 
 
-def _publish_bundle(spec, reg, base, adapters, router, metrics, failed, comparison, job_id) -> str:
+def publish_bundle(spec, reg, base, adapters, router, metrics, failed, comparison, job_id) -> str:
+    """Publish ``bundles/<name>@N``. ``bundle.json`` holds what Serve reads
+    (:func:`ldp.serve.bundle.parse_bundle`: ``base``, ``adapters`` {task: ref}, ``router``) plus the
+    metrics, the comparison, the failed tasks and the pipeline spec."""
     digest = reg.digest(base) if base.startswith("bases/") else None
     doc = {
         "base": {"ref": base, "digest": digest},
