@@ -110,3 +110,30 @@ def test_loader_shards_disjointly_and_resumes():
 def test_loop_config_refuses_bad_values():
     with pytest.raises(ValueError):
         LoopConfig(max_steps=0)
+
+
+def test_val_loss_is_the_denoising_loss_without_the_regularisers(tmp_path):
+    """A sweep compares runs with different regulariser weights by val_loss: the penalty must not
+    be part of it (the full objective is reported beside it as val_objective)."""
+
+    def loss_with_penalty(model, batch, gen):
+        x, y = batch
+        task = ((model(x) - y) ** 2).mean()
+        penalty = 10.0 * sum(p.pow(2).sum() for p in model.parameters())
+        return task + penalty, {"denoising_loss": float(task.detach())}
+
+    torch.manual_seed(0)
+    model = Noisy()
+    data = _data(16)
+    trainer = Trainer(
+        model, loss_with_penalty, ResumableLoader(data, 8, _collate, seed=3),
+        loop=LoopConfig(max_steps=1, batch_size=8, seed=1), optim=OptimConfig(lr=1e-3),
+        out_dir=tmp_path, progress=False, val_batches=lambda: iter([_collate(data[:8])]),
+    )
+    metrics = trainer.evaluate()
+    model.eval()
+    x, y = _collate(data[:8])
+    with torch.no_grad():
+        task = float(((model(x) - y) ** 2).mean())
+    assert metrics["val_loss"] == pytest.approx(task, rel=1e-5)
+    assert metrics["val_objective"] > metrics["val_loss"] + 1.0

@@ -238,20 +238,32 @@ class Trainer:
     # -- validation -------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean validation loss with a fixed corruption seed (comparable across steps)."""
+        """Mean validation loss with a fixed corruption seed (comparable across steps).
+
+        ``val_loss`` is the denoising loss alone when the loss function reports it
+        (``denoising_loss``): regularisers are training penalties, and counting them would rank
+        runs with different regulariser weights by their penalty rather than by how well they
+        denoise (a sweep over lambda stopped its small-lambda trials for that reason).
+        ``val_objective`` keeps the full training objective when the two differ."""
         if self.val_batches is None:
             return {}
         self.model.eval()
         gen = torch.Generator().manual_seed(self.loop.seed + 12345)
-        losses = []
+        losses, objectives = [], []
         for i, batch in enumerate(self.val_batches()):
             if self.loop.eval_batches and i >= self.loop.eval_batches:
                 break
             with self._autocast():
-                loss, _ = self.loss_fn(self.model, batch, gen)
-            losses.append(float(loss))
+                loss, stats = self.loss_fn(self.model, batch, gen)
+            objectives.append(float(loss))
+            losses.append(float(stats.get("denoising_loss", loss)))
         self.model.train()
-        return {"val_loss": sum(losses) / len(losses)} if losses else {}
+        if not losses:
+            return {}
+        out = {"val_loss": sum(losses) / len(losses)}
+        if objectives != losses:
+            out["val_objective"] = sum(objectives) / len(objectives)
+        return out
 
     # -- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self, folder: Path) -> Path:
