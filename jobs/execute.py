@@ -12,6 +12,7 @@ train-all   ``ldp.jobs.train_all:execute``       every task adapter (Ray tasks),
                                                  the composition bundle
 router      ``ldp.jobs.router_job:execute``      the router over published adapters
 compare     ``ldp.jobs.compare:execute``         every method on every task (Table 7)
+report      ``ldp.jobs.report:execute``          the paper's tables and figures (REPORT.md)
 ==========  ===================================  ==========================================
 
 A kind may also be given as an import path ``"package.module:function"``; that is how tests and
@@ -40,6 +41,7 @@ JOB_KINDS: dict[str, str | JobFn] = {
     "train-all": "ldp.jobs.train_all:execute",
     "router": "ldp.jobs.router_job:execute",
     "compare": "ldp.jobs.compare:execute",
+    "report": "ldp.jobs.report:execute",
 }
 
 

@@ -42,6 +42,7 @@ COMMAND_MODULES = [
     "ldp.cli.sweep",
     "ldp.cli.train_all",
     "ldp.cli.compare",
+    "ldp.cli.report",
     "ldp.cli.pretrain",
     "ldp.cli.eval",
     "ldp.cli.bench",
