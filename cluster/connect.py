@@ -35,7 +35,7 @@ from urllib.parse import urlparse
 from ldp.errors import LdpError, UsageError, first_line
 from ldp.paths import cache_dir
 
-__all__ = ["ClusterHandle", "connect", "resolve_address", "worker_env"]
+__all__ = ["ClusterHandle", "connect", "local_head_at", "resolve_address", "worker_env"]
 
 Kind = Literal["local", "ray", "jobs"]
 
@@ -147,17 +147,30 @@ def worker_env(*, local: bool = True) -> dict[str, str]:
     return env
 
 
-def _is_local_head(kind: Kind, address: str) -> bool:
-    """Is ``address`` the head recorded by ``ldp cluster up``? Sets token auth for it."""
-    from ldp.cluster.local import running_head, use_token_auth
+def local_head_at(kind: Kind, address: str):
+    """The :class:`~ldp.cluster.local.HeadInfo` of the running ``ldp cluster up`` head when
+    ``(kind, address)`` (as :func:`resolve_address` returns them) points at it, else None."""
+    from ldp.cluster.local import running_head
 
+    if kind == "local":
+        return None
     head = running_head()
     if head is None:
-        return False
+        return None
+    if address == "auto":
+        return head
     url = urlparse(address if "://" in address else f"tcp://{address}")
     hosts = {"127.0.0.1", "localhost", head.host}
     ports = {"jobs": {head.dashboard_port}, "ray": {head.port, head.client_port}}.get(kind, set())
-    if address != "auto" and (url.hostname not in hosts or url.port not in ports):
+    return head if url.hostname in hosts and url.port in ports else None
+
+
+def _is_local_head(kind: Kind, address: str) -> bool:
+    """Is ``address`` the head recorded by ``ldp cluster up``? Sets token auth for it."""
+    from ldp.cluster.local import use_token_auth
+
+    head = local_head_at(kind, address)
+    if head is None:
         return False
     if head.auth == "token":
         use_token_auth()

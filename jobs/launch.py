@@ -96,7 +96,7 @@ def relaunch(job_id: str, *, wait: bool, address: str | None = None) -> str:
     if record.state not in ("FAILED", "STOPPED"):
         raise UsageError(f"job {job_id} is {record.state}; only a FAILED or STOPPED job can be resumed")
     spec = records.read_spec(job_id)
-    validate_spec(spec, local=address is None)
+    validate_spec(spec, address=address)
     kind, addr = resolve_address(address)
     if kind == "jobs":
         raise UsageError("--resume runs the job's driver here: give a Ray address (host:port), not the Jobs API")

@@ -152,20 +152,27 @@ def _check_data(spec: JobSpec) -> None:
             raise UsageError(f"no {split} data for {task.name}: {paths[0]} is missing or empty")
 
 
-def _check_resources(spec: JobSpec) -> None:
-    """Workers and GPUs an embedded local Ray on this machine could never give (a remote
-    cluster's resources are checked by the runner when it connects)."""
+def _check_resources(spec: JobSpec, address: str | None = None) -> None:
+    """Workers and GPUs the cluster the job will run on could never give, where that is known
+    without connecting: an embedded local Ray (this machine's CPUs and GPUs) or the head started
+    by ``ldp cluster up`` (the CPUs it was started with). The address is resolved as
+    :func:`ldp.cluster.connect` resolves it (``--address``, ``RAY_ADDRESS``, the recorded head);
+    other clusters are checked by the runner when it connects."""
     import os
 
-    if os.environ.get("RAY_ADDRESS"):
-        return
-    cpus = os.cpu_count() or 1
+    from ldp.cluster.connect import local_head_at, resolve_address
+
+    kind, addr = resolve_address(address)
+    if kind == "local":
+        cpus, where, hint = os.cpu_count() or 1, "this machine has", " (use --address for a cluster)"
+    else:
+        head = local_head_at(kind, addr)
+        if head is None:
+            return
+        cpus, where, hint = head.num_cpus, f"the head started by `ldp cluster up` ({head.address}) has", ""
     if spec.workers > cpus:
-        raise UsageError(
-            f"--workers {spec.workers} needs {spec.workers} CPUs; this machine has {cpus} "
-            "(use --address for a cluster)"
-        )
-    if spec.use_gpu:
+        raise UsageError(f"--workers {spec.workers} needs {spec.workers} CPUs; {where} {cpus}{hint}")
+    if spec.use_gpu and kind == "local":
         try:
             import torch
 
@@ -191,14 +198,15 @@ def check_spec(spec: JobSpec) -> dict[str, Any]:
     return config
 
 
-def validate_spec(data: dict[str, Any], *, local: bool = True) -> JobSpec:
+def validate_spec(data: dict[str, Any], *, local: bool = True, address: str | None = None) -> JobSpec:
     """Build the spec and check everything before any expensive work: :func:`check_spec`, the
-    resources an embedded Ray would have (``local``), the registry reachable, and the base
-    present there (or buildable: the default ``tiny``)."""
+    resources of the cluster at ``address`` where they are known without connecting (with
+    ``local``; see :func:`_check_resources`), the registry reachable, and the base present there
+    (or buildable: the default ``tiny``)."""
     spec = build(JobSpec, data)
     check_spec(spec)
     if local:
-        _check_resources(spec)
+        _check_resources(spec, address)
     from ldp.bases import is_registry_ref
     from ldp.errors import LdpError, NotFoundError, first_line
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ldp.errors import NotFoundError, UsageError
+from ldp.errors import UsageError
 
 __all__ = ["BaseSource", "resolve_base", "is_registry_ref", "INIT_ALIASES", "resolve_init"]
 
@@ -48,7 +48,9 @@ def resolve_base(ref_or_folder: str, registry_url: str | None = None) -> BaseSou
                 f"base {ref_or_folder!r} is neither a registry reference (bases/NAME@VERSION) "
                 "nor a folder"
             )
-        raise NotFoundError(f"base folder not found: {folder}")
+        # A folder the user named that is not there is a usage error (exit 2), like a registry
+        # reference that does not resolve.
+        raise UsageError(f"base folder not found: {folder}")
     return BaseSource(folder=folder.resolve(), ref=str(folder.resolve()), digest=None)
 
 

@@ -160,7 +160,7 @@ def submit(
         typer.echo(to_yaml(manifest), nl=False)
         return
 
-    spec = to_dict(validate_spec(data))
+    spec = to_dict(validate_spec(data, address=address))
     job_id = job_id_opt or records.new_job_id(spec["task"])
     from ldp.jobs.launch import launch
 
