@@ -154,10 +154,19 @@ def validate_pipeline(data: dict[str, Any]) -> PipelineSpec:
         raise UsageError(f"unknown task(s) {', '.join(unknown)}; see `ldp tasks`")
     if len(set(spec.tasks)) != len(spec.tasks):
         raise UsageError(f"tasks has duplicates: {','.join(spec.tasks)}")
+    if spec.method == "weight-lora":
+        raise UsageError(
+            "--method weight-lora adapters cannot be routed by train-all: its router learns through "
+            "the composed model's denoising loss with a different mix per row, and weight-lora "
+            "adapters compose only by a peft weighted merge (one merge per weight vector, rebuilt "
+            "whenever the mix changes); use --method lora-diffusion, or compare weight-lora merges "
+            "with `ldp eval --mix TASK=REF,... --task T --weights uniform|oracle|JSON`"
+        )
     if spec.method != "lora-diffusion" or spec.train.get("method_config", {}).get("inject_layers"):
         raise UsageError(
-            "train-all composes final-state lora-diffusion adapters (one base forward per step); "
-            f"--method {spec.method} adapters cannot be routed"
+            "train-all composes final-state lora-diffusion adapters (one base forward per step, "
+            f"shared by every adapter); --method {spec.method} adapters cannot be routed "
+            "(they change the base itself or inject into its layers): use --method lora-diffusion"
         )
     for task in spec.tasks:
         validate_spec(child_spec(spec, task))
