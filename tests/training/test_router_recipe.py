@@ -180,11 +180,13 @@ def _version_bytes(root: Path, name: str, version: int) -> dict[str, bytes]:
 
 def test_train_adapters_publishes_new_versions_and_keeps_the_old(adapters, small_base, data_dir, tmp_path):
     """router.train_adapters: the adapters change, are published as new versions next to the
-    untouched old ones, and the router (and what train-all bundles) names the new ones."""
+    untouched old ones, and the router, a rerun of train-all and its bundle name the new ones."""
     from safetensors.torch import load_file
 
     from ldp.jobs.recipe import train_locally
     from ldp.jobs.router_job import publish_router, routed_adapters
+    from ldp.jobs.train_all import _Progress, _router, publish_bundle
+    from ldp.jobs.train_all_spec import PipelineSpec, router_job_spec
     from ldp.methods.router import load_router
     from ldp.store import Registry
 
@@ -192,15 +194,16 @@ def test_train_adapters_publishes_new_versions_and_keeps_the_old(adapters, small
     reg = Registry(root.as_uri())
     old = {t: str(reg.publish(f"adapters/{t}/lora-diffusion", folder)) for t, folder in adapters.items()}
     before = {t: _version_bytes(root, f"adapters/{t}/lora-diffusion", 1) for t in TASKS}
-    cfg = {
-        "tasks": TASKS, "adapters": {t: f"adapters/{t}/lora-diffusion@latest" for t in TASKS},
-        "registry": root.as_uri(), "base": str(small_base.folder), "data_dir": str(data_dir),
-        "hidden": 32, "train_limit": 16, "val_limit": 4, "loop": {"max_steps": 3, "batch_size": 8},
-        "optim": {"lr": 1e-2, "warmup_steps": 1}, "train_adapters": True, "adapter_lr": 1e-3,
-    }
+    spec = PipelineSpec(
+        tasks=TASKS, name="joint", base=str(small_base.folder), registry=root.as_uri(),
+        data_dir=str(data_dir), router_steps=3,
+        router={"hidden": 32, "train_limit": 16, "val_limit": 4, "loop": {"batch_size": 8},
+                "optim": {"lr": 1e-2, "warmup_steps": 1}, "train_adapters": True, "adapter_lr": 1e-3},
+    )
+    rspec = router_job_spec(spec, spec.base, old)  # exactly what train-all runs as the router job
     artifact = tmp_path / "artifact"
-    train_locally("ldp.training.recipes.router", cfg, artifact)
-    out = publish_router(reg, {"name": "joint", "config": cfg}, artifact, {}, "job-joint", log=lambda m: None)
+    train_locally("ldp.training.recipes.router", rspec["config"], artifact)
+    out = publish_router(reg, rspec, artifact, {}, "job-joint", log=lambda m: None)
 
     new = {t: f"adapters/{t}/lora-diffusion@2" for t in TASKS}
     assert out == {"ref": "routers/joint@1", "adapters": new}
@@ -216,3 +219,11 @@ def test_train_adapters_publishes_new_versions_and_keeps_the_old(adapters, small
         assert was.keys() == now.keys()
         assert any(not torch.equal(was[k], now[k]) for k in was), f"{task}: adapter weights unchanged"
         assert reg.open_manifest(new[task]).metadata["tuned_from"] == old[task]
+
+    # train-all rerun: the router is reused and comes with the fine-tuned adapters; the bundle
+    # names those, and the plain adapters it started from stay reusable under their own hash.
+    logs: list[str] = []
+    ref, routed = _router(spec, spec.base, old, "job-rerun", reg, _Progress(TASKS, logs.append), logs.append)
+    assert (ref, routed) == ("routers/joint@1", new)
+    bundle = publish_bundle(spec, reg, spec.base, routed, ref, {}, {}, None, "job-rerun")
+    assert json.loads(reg.read_bytes(bundle, "bundle.json"))["adapters"] == new
