@@ -90,9 +90,18 @@ def trajectory_tasks(spec) -> list[str]:
 
 
 def count_train_examples(task: str, data_dir: str | None) -> int:
+    """Training examples of ``task`` (quietly: this runs while the config is checked)."""
+    from datasets.utils import logging as ds_logging
+
     from ldp.data.loading import load_examples
 
-    return len(load_examples(task, "train", data_dir, None))
+    shown = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    try:
+        return len(load_examples(task, "train", data_dir, None))
+    finally:
+        if shown:
+            ds_logging.enable_progress_bar()
 
 
 def _ablation_variants(spec, shared: dict[str, Any]) -> list[Variant]:

@@ -251,6 +251,9 @@ def validate_report(data: dict[str, Any]) -> ReportSpec:
     from ldp.data.tasks import get_task
     from ldp.methods import get_method
 
+    for method in spec.methods:
+        if method != "all":
+            get_method(method)
     lists = [("tasks", spec.tasks)]
     if spec.ablations is not None:
         lists.append(("ablations.tasks", spec.ablations.tasks or []))
