@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
@@ -39,6 +41,7 @@ __all__ = [
     "TrainResult",
     "LossFn",
     "latest_checkpoint",
+    "write_checkpoint_atomically",
 ]
 
 LossFn = Callable[[nn.Module, Any, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
@@ -130,10 +133,12 @@ class TorchBackend:
             {n: p.detach().contiguous().cpu() for n, p in self.named_params.items()},
             folder / "trainable.safetensors",
         )
-        torch.save(
-            {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
-            folder / "optimizer.pt",
-        )
+        # Our own file object: torch.save given a path leaves it open when the write fails (a
+        # full disk), and a deleted file that is still open keeps its space.
+        with open(folder / "optimizer.pt", "wb") as f:
+            torch.save(
+                {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}, f
+            )
 
     def load(self, folder: Path) -> None:
         weights = load_file(folder / "trainable.safetensors")
@@ -159,6 +164,55 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     """Per-step metrics of this process's run (resumed runs hold only the steps they ran)."""
     seconds: float = 0.0
+
+
+def write_checkpoint_atomically(trainer: "Trainer", folder: Path) -> Path:
+    """:meth:`Trainer.save_checkpoint` into a hidden temporary folder beside ``folder``, then
+    one rename: ``folder`` either holds a whole checkpoint or does not exist, whatever stops the
+    write (a full disk, a kill). A failed write removes its temporary folder and raises
+    :class:`LdpError` with one line; earlier checkpoints are untouched."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        trainer.save_checkpoint(tmp)
+        if folder.exists():  # a step redone after a restart: the new write replaces it whole
+            old = folder.parent / f".{folder.name}.old-{os.getpid()}"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    except Exception as exc:  # noqa: BLE001 - torch.save reports a full disk as a RuntimeError
+        reason = _write_failure(exc, folder.parent)  # before the partial files free their space
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise LdpError(f"could not write checkpoint {folder.name} into {folder.parent}: {reason}") from exc
+    return folder
+
+
+_FULL = 1 << 20
+"""Less free space than this after a failed write: the disk is what failed."""
+
+
+def _write_failure(exc: BaseException, folder: Path) -> str:
+    """Why a checkpoint write failed, in a few words. A full disk does not always surface as
+    ``ENOSPC`` (``torch.save`` raises ``RuntimeError: ... unexpected pos``), so the free space
+    left on the target is read too."""
+    import errno
+
+    from ldp.errors import first_line
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return os.strerror(exc.errno)
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if free is not None and free < _FULL:
+        return f"{os.strerror(errno.ENOSPC)} ({free} bytes free; {first_line(exc, with_type=True)})"
+    return first_line(exc, with_type=True)
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
@@ -303,7 +357,7 @@ class Trainer:
         if self.out_dir is None or not self.is_main:
             return
         ckpt_root = self.out_dir / "checkpoints"
-        self.save_checkpoint(ckpt_root / f"step_{self.step:06d}")
+        write_checkpoint_atomically(self, ckpt_root / f"step_{self.step:06d}")
         done = sorted(p for p in ckpt_root.glob("step_*") if (p / "trainer_state.json").is_file())
         for old in done[: -self.loop.keep_checkpoints]:
             for f in old.iterdir():
