@@ -89,3 +89,21 @@ def test_on_step_sees_every_rows_progress(native):
 def test_bad_rows_are_refused(native, spec, words):
     with pytest.raises(UsageError, match=words):
         sample_rows(native, [spec], DiffusionConfig(num_steps=8))
+
+
+def test_hidden_fn_is_told_exactly_the_positions_it_must_get_right(native):
+    """The positions hint is every masked position of each row's current block, nothing else:
+    a hidden_fn that returns garbage everywhere else must not change any row's answer."""
+    seen = []
+
+    def hidden_fn(x, t, attn, rows, positions):
+        h = native.hidden_states(x, t, attn)
+        seen.append((x.clone(), positions.clone()))
+        return torch.where(positions.unsqueeze(-1), h, torch.full_like(h, 1e4))
+
+    cfg = DiffusionConfig(num_steps=16)
+    got = sample_rows(native, MIXED, cfg, hidden_fn=hidden_fn)
+    assert [r.answer for r in got] == [r.answer for r in sample_rows(native, MIXED, cfg)]
+    x, positions = seen[0]
+    assert torch.equal(positions, (x == MASK) & positions)  # only masked positions
+    assert bool(positions.any(dim=1).all())  # every active row has some

@@ -66,6 +66,25 @@ def test_mix_is_the_weighted_sum_of_perturbations_per_row(pair, batch):
     )
 
 
+def test_mix_at_positions_matches_the_full_mix_there_and_keeps_the_base_elsewhere(pair, batch):
+    """A sampler reads H' at the masked positions of the block only: computing the mix there alone
+    must give the same values there (the perturbation of a position depends only on H there,
+    the step and Enc(c)), and leave the base's H everywhere else."""
+    base, a, b = pair
+    ids, t, inst = batch
+    comp = Composition(base, {"a": a, "b": b})
+    w = torch.tensor([[1.0, 0.0], [0.3, 0.7]])
+    hidden, steps = comp.base_states(ids, t)
+    full = comp.mix(hidden, steps, w, input_ids=ids, instruction_mask=inst)
+    positions = torch.zeros(ids.shape, dtype=torch.bool)
+    positions[0, -3:] = True
+    positions[1, 2] = True
+    part = comp.mix(hidden, steps, w, input_ids=ids, instruction_mask=inst, positions=positions)
+    torch.testing.assert_close(part[positions], full[positions], rtol=0, atol=1e-5)
+    assert torch.equal(part[~positions], hidden[~positions])
+    assert not torch.allclose(full[~positions], hidden[~positions])  # the full mix does perturb there
+
+
 def test_zero_weight_rows_skip_the_adapter(pair, batch, monkeypatch):
     base, a, b = pair
     ids, t, inst = batch

@@ -31,9 +31,14 @@ from ldp.errors import UsageError
 
 __all__ = ["RowSpec", "RowResult", "RowHiddenFn", "RowStepFn", "sample_rows"]
 
-RowHiddenFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list[int]], torch.Tensor]
-"""``hidden_fn(x (A,L), t_norm (A,), attention_mask (A,L), rows) -> H (A,L,d)`` where ``rows``
-are the indexes (into the ``rows`` given to :func:`sample_rows`) of the A active rows."""
+RowHiddenFn = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, list[int], torch.Tensor], torch.Tensor
+]
+"""``hidden_fn(x (A,L), t_norm (A,), attention_mask (A,L), rows, positions (A,L) bool) -> H
+(A,L,d)`` where ``rows`` are the indexes (into the ``rows`` given to :func:`sample_rows`) of the
+A active rows and ``positions`` the only positions whose H is read this step (the masked
+positions of each row's current block): H elsewhere may be anything, so an adapter need only
+run there."""
 
 RowStepFn = Callable[[int, int, torch.Tensor], None]
 """``on_step(row, steps_taken, answer (G,) long)`` after each step that row took part in."""
@@ -156,7 +161,7 @@ def sample_rows(
             per_block=per_block, k=per_block,
             generator=torch.Generator().manual_seed(int(spec.seed)),
         ))
-    call = hidden_fn or (lambda x, t, a, _rows: model.hidden_states(x, t, a))
+    call = hidden_fn or (lambda x, t, a, _rows, _positions: model.hidden_states(x, t, a))
     while True:
         for r in state:
             r.settle(mask_id)
@@ -186,10 +191,12 @@ def _step(model, rows: list[_Row], ids: list[int], call, mask_id, pad_id, config
     """One denoising step for every active row: one forward, one head call, per-row reveals."""
     x, attn = _batch(rows, pad_id, device)
     t = torch.tensor([r.time(mask_id) for r in rows], dtype=torch.float32, device=device)
-    hidden = call(x, t, attn, ids)  # (A, L, d)
     masks = [r.masked(mask_id) for r in rows]
     row_of = torch.cat([torch.full((int(m.sum()),), j, dtype=torch.long) for j, m in enumerate(masks)])
     pos_of = torch.cat([r.window()[0] + m.nonzero().squeeze(1).cpu() for r, m in zip(rows, masks)])
+    positions = torch.zeros(x.shape, dtype=torch.bool)
+    positions[row_of, pos_of] = True
+    hidden = call(x, t, attn, ids, positions.to(x.device))  # (A, L, d)
     logits = model.head(hidden[row_of.to(hidden.device), pos_of.to(hidden.device)])  # (N, V)
     counts = [int(m.sum()) for m in masks]
     for r, m, part in zip(rows, masks, logits.split(counts)):

@@ -263,10 +263,13 @@ class Composition(OnABase):
         input_ids: torch.Tensor,
         instruction_mask: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``H + sum_j w[:, j] * perturbation_j(H)`` for given base states and (B, J) weights.
 
-        Adapter ``j`` runs only on the rows where ``w[:, j] != 0``."""
+        Adapter ``j`` runs only on the rows where ``w[:, j] != 0``; with ``positions`` (B, L)
+        bool, only at those positions (the others keep the base's H), which is what makes a
+        composed sampling step cost about one base forward."""
         out = hidden
         for j, key in enumerate(self._slots.values()):
             adapter = self.adapters[key]
@@ -277,7 +280,7 @@ class Composition(OnABase):
             if bool(active.all()):
                 delta = adapter.perturbation(
                     hidden, steps, input_ids=input_ids, instruction_mask=instruction_mask,
-                    attention_mask=attention_mask,
+                    attention_mask=attention_mask, positions=positions,
                 )
                 out = out + col.view(-1, 1, 1) * delta
                 continue
@@ -286,6 +289,7 @@ class Composition(OnABase):
                 hidden[rows], steps[rows], input_ids=input_ids[rows],
                 instruction_mask=None if instruction_mask is None else instruction_mask[rows],
                 attention_mask=None if attention_mask is None else attention_mask[rows],
+                positions=None if positions is None else positions[rows],
             )
             out = out.index_add(0, rows, col[rows].view(-1, 1, 1) * part)
         return out

@@ -324,7 +324,7 @@ class Engine:
         with self.run_lock:
             results = sample_rows(
                 self.composition, rows, DiffusionConfig(num_steps=self._num_steps()),
-                hidden_fn=lambda x, t, a, ids: self._hidden(x, t, a, [jobs[i] for i in ids]),
+                hidden_fn=lambda x, t, a, ids, at: self._hidden(x, t, a, [jobs[i] for i in ids], at),
                 on_step=on_step,
             )
         run_s = time.perf_counter() - t0
@@ -359,8 +359,12 @@ class Engine:
         return tok.convert_tokens_to_string(tokens).strip()
 
     # ------------------------------------------------------------------ one denoising step
-    def _hidden(self, x: torch.Tensor, t: torch.Tensor, attn: torch.Tensor, jobs: list[Prepared]):
-        """H' (A, L, d) for the active rows: one base forward for every composing row."""
+    def _hidden(
+        self, x: torch.Tensor, t: torch.Tensor, attn: torch.Tensor, jobs: list[Prepared],
+        positions: torch.Tensor,
+    ):
+        """H' (A, L, d) for the active rows: one base forward for every composing row; the
+        adapters run only at ``positions`` (A, L), the ones the sampler reads."""
         A, L = x.shape
         instr = torch.zeros((A, L), dtype=torch.bool)
         for i, job in enumerate(jobs):
@@ -372,18 +376,18 @@ class Engine:
             groups.setdefault(key, []).append(i)
         for key, rows in groups.items():
             idx = torch.tensor(rows)
-            xs, ts, As, Is = x[idx], t[idx], attn[idx], instr[idx]
+            xs, ts, As, Is, Ps = x[idx], t[idx], attn[idx], instr[idx], positions[idx]
             if key:
                 entry = next(e for e in jobs[rows[0]].pins if e.ref == key)
                 h = entry.module(xs, ts, As, Is).float()
             else:
-                h = self._compose(xs, ts, As, Is, [jobs[i] for i in rows])
+                h = self._compose(xs, ts, As, Is, [jobs[i] for i in rows], Ps)
             if out is None:
                 out = torch.empty((A, L, h.shape[-1]), dtype=h.dtype)
             out[idx] = h
         return out
 
-    def _compose(self, x, t, attn, instr, jobs: list[Prepared]) -> torch.Tensor:
+    def _compose(self, x, t, attn, instr, jobs: list[Prepared], positions) -> torch.Tensor:
         comp = self.composition
         if not len(comp):
             with torch.no_grad():
@@ -403,7 +407,10 @@ class Engine:
             enc = comp.encoding(hidden, x, instr, attn)  # (G, d)
             for ref, rows in auto.items():
                 self._route(W, enc, steps, rows, [jobs[i] for i in rows], col)
-        return comp.mix(hidden, steps, W, input_ids=x, instruction_mask=instr, attention_mask=attn)
+        return comp.mix(
+            hidden, steps, W, input_ids=x, instruction_mask=instr, attention_mask=attn,
+            positions=positions,
+        )
 
     def _route(self, W, enc, steps, rows, jobs, col) -> None:
         """Fill the rows' weight columns from their bundle's router."""

@@ -276,15 +276,23 @@ class LoraDiffusionModel(AdaptedModel):
                 delta = delta.index_copy(0, rows, part)
             return delta
 
-    def _perturb_at(self, hidden: torch.Tensor, ctx: _StepContext, positions: torch.Tensor) -> torch.Tensor:
-        """H with the final-site perturbation added at ``positions`` only: each chosen position
-        becomes a one-position row with its sequence's step context (the perturbation of a
-        position depends only on H there, the step and Enc(c), so the values are the same)."""
+    def _delta_at(
+        self, hidden: torch.Tensor, ctx: _StepContext, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(rows, cols, delta (N, d))``: the final-site perturbation at ``positions`` only. Each
+        chosen position becomes a one-position row with its sequence's step context (the
+        perturbation of a position depends only on H there, the step and Enc(c), so the values
+        are the same as computed everywhere)."""
         rows, cols = positions.bool().nonzero(as_tuple=True)
         picked = hidden[rows, cols][:, None, :]  # (N, 1, d)
         cond = None if ctx.cond is None else ctx.cond[rows]
         sub = _StepContext(ctx.steps[rows], ctx.phase[rows], ctx.temb[rows], cond)
         delta = self._perturb("final", picked, sub)[:, 0, :] if rows.numel() else picked[:, 0, :] * 0
+        return rows, cols, delta
+
+    def _perturb_at(self, hidden: torch.Tensor, ctx: _StepContext, positions: torch.Tensor) -> torch.Tensor:
+        """H with the final-site perturbation added at ``positions`` only."""
+        rows, cols, delta = self._delta_at(hidden, ctx, positions)
         return hidden.index_put((rows, cols), hidden[rows, cols] + delta)
 
     def _make_hook(self, site: str):
@@ -362,8 +370,12 @@ class LoraDiffusionModel(AdaptedModel):
         input_ids: torch.Tensor,
         instruction_mask: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``sum_i sigma(t) g_i(H, t, c)`` (B, L, d) fp32 at the final site for given base states H.
+
+        ``positions`` (B, L) bool: compute it there only (zero elsewhere), for callers that read
+        H' at a few positions (a sampler reads the masked positions of the current block).
 
         For composition (``ldp.methods.compose``): one frozen-base forward gives H,
         and each task adapter's perturbation is added with its weight,
@@ -389,7 +401,10 @@ class LoraDiffusionModel(AdaptedModel):
             )
         temb = sinusoidal_step_embedding(steps, self.config.time_embed_dim)
         ctx = _StepContext(steps, self._phase_of_step[steps], temb, cond)
-        return self._perturb("final", hidden, ctx)
+        if positions is None:
+            return self._perturb("final", hidden, ctx)
+        rows, cols, delta = self._delta_at(hidden, ctx, positions)
+        return torch.zeros_like(hidden).index_put((rows, cols), delta)
 
     # -- regularisers and diagnostics
     def regularization(self) -> dict[str, torch.Tensor]:
