@@ -237,7 +237,7 @@ def execute(spec_dict: dict[str, Any], job_id: str, *, log=print) -> dict[str, A
     log(f"[ldp] report: sections {', '.join(spec.sections)} on {base} -> {spec.out}")
     ctx = {"base": base, "log": log, "job_id": job_id}
     sections: dict[str, Any] = {}
-    handle = connect()
+    handle = None if spec.published_only else connect()  # nothing trained: no Ray needed
     try:
         runs = run_variants(spec, planned_variants(spec), job_id, base, log=log)
         for key in spec.sections:
@@ -248,7 +248,8 @@ def execute(spec_dict: dict[str, Any], job_id: str, *, log=print) -> dict[str, A
                 sections[key] = {"status": "failed", "why": f"failed: {first_line(exc)}"}
                 log(f"[ldp] report: section {key} failed: {first_line(exc)}")
     finally:
-        handle.shutdown()
+        if handle is not None:
+            handle.shutdown()
     results = {
         "meta": {
             "title": spec.title, "base": base, "size": spec.size, "split": spec.split,

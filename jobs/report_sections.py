@@ -120,6 +120,10 @@ def _methods(s: dict[str, Any], meta: dict[str, Any]) -> tuple[str, list[claims.
 
 
 # -- 2 ------------------------------------------------------------------------------------------
+def _scaled(value: float | None, factor: float, digits: int) -> str:
+    return "—" if value is None else fmt(float(value) * factor, digits)
+
+
 def _efficiency(s: dict[str, Any], meta: dict[str, Any]) -> tuple[str, list[claims.Claim]]:
     bench = s["bench"]
     cfg = bench.get("config", {})
@@ -128,16 +132,16 @@ def _efficiency(s: dict[str, Any], meta: dict[str, Any]) -> tuple[str, list[clai
         p = paper.TABLE9.get(m, {})
         rows.append([
             _label(m), fmt(r.get("step_s"), 4), fmt(p.get("step_s"), 2),
-            fmt((r.get("peak_bytes") or 0) / 2**20, 1), fmt((r.get("gen_latency_s") or 0) * 1000, 1),
+            _scaled(r.get("peak_bytes"), 2**-20, 1), _scaled(r.get("gen_latency_s"), 1000, 1),
             fmt(p.get("gen_ms")), fmt(r.get("trainable_params")), fmt(p.get("params")),
-            fmt((r.get("adapter_bytes") or 0) / 2**20, 3), fmt(p.get("storage_mb")),
+            _scaled(r.get("adapter_bytes"), 2**-20, 3), fmt(p.get("storage_mb")),
         ])
     ratios = bench.get("ratios", {})
     ratio_rows = [[k, fmt(v, 3), fmt(paper.TABLE9_RATIOS.get(k), 3)] for k, v in ratios.items()]
     body = [
         f"`ldp bench` on the report's base: batch {cfg.get('batch')}, sequence {cfg.get('seq')} "
-        f"({cfg.get('response')} scored), median of {cfg.get('steps')} timed steps after {cfg.get('warmup')} "
-        f"warm-up steps; generation of {cfg.get('gen_length')} tokens in {cfg.get('gen_steps')} steps, batch 1; "
+        f"({cfg.get('response')} scored), median of {cfg.get('steps')} timed step(s) after {cfg.get('warmup')} "
+        f"warm-up step(s); generation of {cfg.get('gen_length')} tokens in {cfg.get('gen_steps')} steps, batch 1; "
         f"frozen base forward {fmt(bench.get('frozen_forward_s'), 4)} s ({bench.get('base_dtype')}). "
         "Paper: 1.3B, batch 64.",
         "", _table(["method", "s/step", "paper", "peak MB", "generate ms", "paper", "trainable", "paper",
@@ -170,7 +174,7 @@ def _forgetting(s: dict[str, Any], meta: dict[str, Any]) -> tuple[str, list[clai
         if changes:
             means[r["model"]] = _mean([changes[c] for c in corpora if c in changes])
     body = [
-        f"ELBO perplexity (an upper bound, {s.get('elbo_samples')} Monte-Carlo draws per block, the same "
+        f"ELBO perplexity (an upper bound, {s.get('elbo_samples')} Monte-Carlo draw(s) per block, the same "
         f"draws for every model) on the **{s.get('split')}** split of each held-out corpus, blocks of "
         f"{s.get('block_len')} tokens; each method's model after training on {s.get('task')} (frozen-base "
         "methods: the base with the adapter active). Paper: perplexity of the base, relative change after "

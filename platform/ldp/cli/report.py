@@ -58,8 +58,10 @@ def report(
     checks.output_folder("--out", out)
     checks.data_location("--data-dir", data_dir)
     checks.registry_location("--registry", registry)
+    from ldp.jobs.report_spec import parse_sections
+
     explicit = {
-        "out": out, "sections": sections, "size": size, "base": base, "registry": registry,
+        "out": out, "sections": parse_sections(sections) if sections is not None else None, "size": size, "base": base, "registry": registry,
         "data_dir": data_dir or os.environ.get("LDP_DATA_DIR") or None,
         "retrain": True if not reuse else None, "published_only": published_only or None,
         "source": str(config) if config is not None else None,
