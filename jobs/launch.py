@@ -135,12 +135,16 @@ def run_job(
         raise LdpError(f"job {job_id} is {record.state}, not PENDING; it runs only once")
     spec = records.read_spec(job_id)
     me = psutil.Process()
+    # The Ray cluster the driver attaches to: when it vanishes with the driver, `ldp status`
+    # can say so (records.interruption_line). An embedded Ray lives and dies with this process.
+    ray_address = address or os.environ.get("RAY_ADDRESS") or None
     records.update_job(
         job_id,
         state="RUNNING",
         started_at=time.time(),
         pid=me.pid,
         pid_started=me.create_time(),
+        extra={**record.extra, "ray_address": ray_address},
     )
     with _tee_to(records.log_path(job_id)):
         print(f"[ldp] job {job_id} ({record.kind}) started on {socket.gethostname()}", flush=True)

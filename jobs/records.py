@@ -42,8 +42,11 @@ __all__ = [
     "JobRecord",
     "create_job",
     "get_job",
+    "head_lost_line",
+    "interruption_line",
     "job_dir",
     "jobs_root",
+    "last_checkpoint_step",
     "list_jobs",
     "log_path",
     "new_job_id",
@@ -200,12 +203,75 @@ def get_job(job_id: str) -> JobRecord:
             record = _read_status(job_id)  # again, under the lock: it may just have ended
             if _orphaned(record):
                 record.state, record.ended_at = "FAILED", time.time()
-                record.error = (
-                    f"the job's process (pid {record.pid}) exited without recording a result; "
-                    f"see `ldp logs {job_id}`"
-                )
+                record.error = interruption_line(record)
                 _write_status(record)
     return record
+
+
+def interruption_line(record: JobRecord) -> str:
+    """One line for a job whose process ended without recording a result: what was lost (the
+    Ray head it was attached to, when that no longer answers), the step of its last committed
+    checkpoint, and how to go on."""
+    job_id = record.job_id
+    address = record.extra.get("ray_address")
+    if address and not _ray_head_answers(address):
+        what = f"interrupted: the Ray head at {address} was lost, and the job's driver with it"
+    else:
+        what = f"interrupted: the job's process (pid {record.pid}) exited without recording a result"
+    step = last_checkpoint_step(job_id)
+    if step is None:
+        where = "no checkpoint was committed (a resume starts at step 0)"
+    else:
+        where = f"last checkpoint at step {step}"
+    return f"{what}; {where}; continue with `ldp submit --resume {job_id}` (log: `ldp logs {job_id}`)"
+
+
+def head_lost_line(record: JobRecord) -> str | None:
+    """For a job whose driver still runs: one line when the Ray head it is attached to does not
+    answer any more (the job cannot go on; its driver will exit), else None."""
+    address = record.extra.get("ray_address")
+    if not address or _ray_head_answers(address):
+        return None
+    step = last_checkpoint_step(record.job_id)
+    where = "no checkpoint was committed" if step is None else f"last checkpoint at step {step}"
+    return (
+        f"the Ray head at {address} was lost: the job cannot go on; {where}; once its driver "
+        f"(pid {record.pid}) has exited, continue with `ldp submit --resume {record.job_id}`"
+    )
+
+
+def last_checkpoint_step(job_id: str) -> int | None:
+    """The step of the last checkpoint job ``job_id``'s training run saw committed to its
+    storage (the run's ``checkpoint`` metrics events), or None (none yet, or unreadable)."""
+    from ldp.jobs.runner import default_storage_path, read_metrics
+
+    try:
+        spec = read_spec(job_id)
+        storage = spec.get("storage_path") or str(default_storage_path())
+        events = read_metrics(storage, job_id)
+    except Exception:  # noqa: BLE001 - a status line must not fail on an unreadable run folder
+        return None
+    steps = [int(e["step"]) for e in events if e.get("event") == "checkpoint" and "step" in e]
+    return max(steps) if steps else None
+
+
+def _ray_head_answers(address: str, timeout: float = 1.0) -> bool:
+    """Does anything listen at a Ray GCS address (``host:port``, ``ray://host:port``)? Unknown
+    forms (``auto``) count as answering: nothing is claimed about them."""
+    from urllib.parse import urlparse
+
+    url = urlparse(address if "://" in address else f"tcp://{address}")
+    try:
+        host, port = url.hostname, url.port
+    except ValueError:
+        return True
+    if not host or not port:
+        return True
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _orphaned(record: JobRecord) -> bool:

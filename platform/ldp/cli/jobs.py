@@ -100,8 +100,12 @@ def _status(
 ) -> None:
     """Show a job's state, times, result (registry reference and metrics) or error."""
     rec = _get(job_id, address)
+    interrupted = _head_lost(rec)
     if as_json:
-        typer.echo(json.dumps(rec.as_dict(), indent=2, sort_keys=True))
+        out = rec.as_dict()
+        if interrupted:
+            out["interrupted"] = interrupted
+        typer.echo(json.dumps(out, indent=2, sort_keys=True))
         return
     from rich.console import Console
     from rich.table import Table
@@ -121,8 +125,6 @@ def _status(
         if result.get("best"):  # a sweep: its record is the result, the best adapter besides
             rows.append(("best", str(result["best"])))
         rows.append(("metrics", _metrics_text(result.get("metrics"), limit=20)))
-    if rec.error:
-        rows.append(("error", rec.error))
     rows.append(("where", rec.address or f"local ({rec.host or 'this machine'})"))
     logs = f"ldp logs {rec.job_id}" + (f" --address {rec.address}" if rec.address else "")
     rows.append(("logs", logs))
@@ -132,6 +134,22 @@ def _status(
     for key, value in rows:
         table.add_row(key, value)
     Console().print(table)
+    # What went wrong, on one line of its own (a table cell would wrap it).
+    if rec.error:
+        typer.echo(f"error: {rec.error}")
+    if interrupted:
+        typer.echo(f"interrupted: {interrupted}")
+
+
+def _head_lost(rec) -> str | None:
+    """For a local job still RUNNING whose Ray head no longer answers (its driver has not noticed
+    yet): one line saying so, with its last checkpoint. None otherwise."""
+    from ldp.jobs import records
+
+    address = (rec.extra or {}).get("ray_address")
+    if rec.state != "RUNNING" or rec.address is not None or not address:
+        return None
+    return records.head_lost_line(rec)
 
 
 def _logs(
