@@ -2,7 +2,8 @@
 
 ``up`` runs ``ray start --head --block`` as a child in its own session (process group) and
 records it in ``$LDP_HOME/cluster/head.json``; ``down`` stops exactly that process (SIGTERM to
-it, which stops its Ray processes; SIGKILL to its process group if it lingers). It never runs
+it, which stops its Ray processes; SIGKILL to what lingers of its session: the process group,
+and the workers, which Ray puts in process groups of their own within the same session). It never runs
 ``ray stop``, which kills every Ray process of the user on the machine, other jobs' included.
 ``RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0`` makes the head stop in seconds instead of draining
 for 30 s.
@@ -327,12 +328,6 @@ def _stop(head: HeadInfo, timeout: float = 30.0) -> None:
             pass
 
     def group_alive() -> bool:
-        try:
-            os.killpg(head.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
         return any(_in_group(p, head.pid) for p in psutil.process_iter(["pid"]))
 
     deadline = time.monotonic() + timeout
@@ -348,6 +343,12 @@ def _stop(head: HeadInfo, timeout: float = 30.0) -> None:
             os.killpg(head.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        for p in psutil.process_iter(["pid"]):  # workers sit in process groups of their own
+            if _in_group(p, head.pid):
+                try:
+                    p.kill()
+                except psutil.Error:
+                    pass
     # Ray leaves its address file behind; a stale one breaks later ray.init() calls.
     address_file = Path(head.temp_dir) / "ray_current_cluster"
     try:
@@ -358,8 +359,13 @@ def _stop(head: HeadInfo, timeout: float = 30.0) -> None:
 
 
 def _in_group(p: Any, pgid: int) -> bool:
+    """Is ``p`` a live process of the head started as session (and group) leader ``pgid``?
+
+    Ray puts each worker in a process group of its own, but they all stay in the head's session,
+    so both are checked."""
     try:
-        return os.getpgid(p.pid) == pgid and p.status() != "zombie"
+        ours = os.getpgid(p.pid) == pgid or os.getsid(p.pid) == pgid
+        return ours and p.pid != os.getpid() and p.status() != "zombie"
     except Exception:  # noqa: BLE001 - gone meanwhile (OSError, psutil.Error)
         return False
 

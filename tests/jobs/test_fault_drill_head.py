@@ -2,7 +2,7 @@
 
 A real head (``ldp cluster up`` on free ports) runs a small adapter job that checkpoints every few
 steps. Once the first checkpoint is committed, every process of that head is SIGKILLed (its own
-process group: the head machine dying; never ``ray stop``). Then:
+session: the head machine dying; never ``ray stop``). Then:
 
 - ``ldp status JOB`` answers at once and says in one line what happened: the head was lost, the
   job was interrupted, the step of its last checkpoint;
@@ -36,27 +36,36 @@ def _ldp(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
                           text=True, check=False, timeout=timeout)
 
 
-def _group_alive(pgid: int) -> bool:
+def _session(sid: int) -> list[int]:
+    """Live processes of session ``sid``: a head started by ``ldp cluster up`` leads its own
+    session; its GCS, raylet and dashboard share its process group, and the Ray workers (each in
+    a process group of its own) still share the session."""
+    pids = []
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-    return False
+            if int(fields[3]) == sid and fields[0] not in "ZX":
+                pids.append(int(pid))
+    return pids
 
 
-def _kill_group(pgid: int, timeout: float = 20) -> None:
-    """SIGKILL process group ``pgid`` (one head's processes, nothing else) and wait until it is gone."""
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
+def _kill_head(sid: int, timeout: float = 30, check: bool = True) -> int:
+    """SIGKILL every process of one head (its session, nothing else); returns how many."""
+    killed = 0
     deadline = time.monotonic() + timeout
-    while _group_alive(pgid) and time.monotonic() < deadline:
+    while (pids := _session(sid)) and time.monotonic() < deadline:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
         time.sleep(0.1)
+    assert not (check and _session(sid)), f"processes of head {sid} survived SIGKILL"
+    return killed
 
 
 def _checkpoints(run: Path) -> list[int]:
@@ -105,7 +114,7 @@ def test_head_killed_mid_job_then_resumed(small_base, data_dir, tmp_path, in_job
         while not _checkpoints(run) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert _checkpoints(run), _ldp("logs", job).stdout[-3000:]
-        _kill_group(heads[-1]["pid"])  # the head machine dies: GCS, raylet, dashboard, workers
+        victims = _kill_head(heads[-1]["pid"])  # the head machine dies: GCS, raylet, dashboard, workers
         killed_at = time.monotonic()
         last = max(_checkpoints(run))
         assert last < STEPS, "the job finished before the head was killed"
@@ -148,8 +157,8 @@ def test_head_killed_mid_job_then_resumed(small_base, data_dir, tmp_path, in_job
     finally:
         _ldp("cluster", "down", timeout=120)  # the head running now, if any, by its recorded pid
         for h in heads:
-            _kill_group(h["pid"])  # whatever is left of this test's heads, by process group
+            _kill_head(h["pid"], check=False)  # whatever is left of this test's heads, by session
     ops = 1 + 1 + 2 + 1  # submit, kill, status (json + table), resume
-    print(f"\nhead-kill drill: operations tried {ops}, failures injected 1 (head SIGKILLed after "
-          f"checkpoint {last} of {STEPS}), resumed at step {last}, published once, data lost = 0 "
+    print(f"\nhead-kill drill: operations tried {ops}, failures injected 1 (head SIGKILLed, "
+          f"{victims} processes, after checkpoint {last} of {STEPS}), resumed at step {last}, published once, data lost = 0 "
           f"({time.monotonic() - started:.0f}s)")
