@@ -130,7 +130,7 @@ def test_malformed_json_and_other_endpoints(serve_app):
 
 def test_fuzzed_requests_from_the_openapi_schema_never_get_a_5xx(serve_app):
     """schemathesis generates requests for every operation of the schema (loopback only):
-    up to a few hundred cases in at most ~30 s, none may get a 5xx."""
+    a few hundred cases in at most ~60 s, none may get a 5xx."""
     import time
 
     import schemathesis
@@ -138,7 +138,7 @@ def test_fuzzed_requests_from_the_openapi_schema_never_get_a_5xx(serve_app):
 
     url = serve_app["url"] + "/small"
     schema = schemathesis.openapi.from_url(url + "/openapi.json")
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     seen: dict[int, int] = {}
     for result in schema.get_all_operations():
         op = result.ok()
@@ -209,15 +209,15 @@ def test_playground_in_headless_chromium(serve_app, tmp_path):
 
 
 @pytest.mark.slow
-def test_load_for_20_seconds_while_the_cache_evicts_and_reloads(serve_app):
-    """Four clients for 20 s on the app with a 3-entry cache, cycling through five adapters and
+def test_load_for_60_seconds_while_the_cache_evicts_and_reloads(serve_app):
+    """Four clients for 60 s on the app with a 3-entry cache, cycling through five adapters and
     ``auto``: every request succeeds, and adapters were evicted and reloaded meanwhile."""
     import itertools
     import time
 
     url = serve_app["url"] + "/small"
     names = ["sst2", "agnews", "trec", "squad", "gsm8k", "auto", {"sst2": 1, "gsm8k": 1}]
-    stop = time.monotonic() + 20
+    stop = time.monotonic() + 60
     failures: list[str] = []
     done = itertools.count()
 
@@ -238,5 +238,5 @@ def test_load_for_20_seconds_while_the_cache_evicts_and_reloads(serve_app):
         list(pool.map(client, range(4)))
     after = requests.get(url + "/healthz", timeout=30).json()
     assert not failures, failures[:3]
-    assert next(done) > 10
+    assert next(done) > 20
     assert after["evictions"] > before["evictions"] and after["loads"] > before["loads"] + 3
