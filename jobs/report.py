@@ -19,7 +19,7 @@ from typing import Any
 from ldp.config import apply_overrides, to_dict
 from ldp.errors import LdpError, first_line
 
-__all__ = ["execute"]
+__all__ = ["composition_pipeline", "execute"]
 
 
 def _empty(why: str) -> dict[str, Any]:
@@ -105,6 +105,23 @@ def _effective_rank(spec, runs, ctx) -> dict[str, Any]:
     return {"status": "ok", "rows": effective_ranks(adapters, spec.registry, log=ctx["log"])}
 
 
+def composition_pipeline(spec, base: str, tasks: list[str]) -> dict[str, Any]:
+    """The ``train-all`` spec of the composition section. Its adapter jobs resolve to the same
+    job specs as the main run's lora-diffusion cells (same base, steps, recipe overrides and
+    evaluation settings), so the pipeline reuses those adapters and trains only the router."""
+    from ldp.jobs.report_spec import shared_train
+
+    cfg = spec.composition
+    pipeline = {
+        "kind": "train-all", "size": spec.size, "tasks": tasks, "method": "lora-diffusion",
+        "name": f"report-{spec.size}", "base": base, "steps": spec.steps, "router_steps": cfg.router_steps,
+        "registry": spec.registry, "data_dir": spec.data_dir, "storage_path": spec.storage_path,
+        "train": apply_overrides(shared_train(spec), {"eval.split": spec.split, "eval.limit": spec.eval_limit}),
+        "router": dict(cfg.router), "compare": True, "eval_limit": cfg.eval_limit,
+    }
+    return {k: v for k, v in pipeline.items() if v is not None}
+
+
 def _composition(spec, runs, ctx) -> dict[str, Any]:
     if spec.composition is None:
         return _empty("no `composition` settings in the config (no router, no bundle)")
@@ -112,17 +129,7 @@ def _composition(spec, runs, ctx) -> dict[str, Any]:
     tasks = [t for t in spec.tasks if t in adapters]
     if len(tasks) < 2:
         return _empty("composition needs lora-diffusion adapters for at least two tasks")
-    from ldp.jobs.report_spec import shared_train
-
-    cfg = spec.composition
-    pipeline = {
-        "kind": "train-all", "size": spec.size, "tasks": tasks, "method": "lora-diffusion",
-        "name": f"report-{spec.size}", "base": ctx["base"], "steps": spec.steps, "router_steps": cfg.router_steps,
-        "registry": spec.registry, "data_dir": spec.data_dir, "storage_path": spec.storage_path,
-        "train": apply_overrides(shared_train(spec), {"eval.split": spec.split, "eval.limit": spec.eval_limit}),
-        "router": dict(cfg.router), "compare": True, "eval_limit": cfg.eval_limit,
-    }
-    pipeline = {k: v for k, v in pipeline.items() if v is not None}
+    pipeline = composition_pipeline(spec, ctx["base"], tasks)
     if spec.published_only:
         return _published_composition(spec, pipeline, adapters, tasks, ctx)
     from ldp.jobs import records

@@ -164,6 +164,38 @@ def test_spec_plans_variants_and_shares_the_default_run(data_dir):
         validate_report({**data, "data_efficiency": {"fractions": [0.0, 1.0]}})
 
 
+def test_composition_pipeline_reuses_the_main_adapters(data_dir, base_folder):
+    """The train-all job of the composition section resolves each adapter job to the spec of the
+    main run's lora-diffusion cell: same hash, so it is reused and only the router trains."""
+    from ldp.config import build, read_mapping
+    from ldp.jobs.compare import CompareSpec, cell_spec
+    from ldp.jobs.report import composition_pipeline
+    from ldp.jobs.report_runs import planned_variants
+    from ldp.jobs.report_spec import validate_report
+    from ldp.jobs.train_all_spec import child_spec, spec_hash, validate_pipeline
+
+    base = str(base_folder)
+    data = {**read_mapping(REPO / "configs" / "report-smoke.yaml"), "data_dir": str(data_dir), "base": base,
+            "composition": {"router_steps": 3}}
+    spec = validate_report(data)
+    main = planned_variants(spec)[0]
+    pipeline = validate_pipeline(composition_pipeline(spec, base, ["sst2", "trec"]))
+    compare_spec = build(CompareSpec, main.compare_dict(), where="compare.")
+    for task in ("sst2", "trec"):
+        assert spec_hash(child_spec(pipeline, task, base)) == spec_hash(cell_spec(compare_spec, task, "lora-diffusion", base))
+    changed = validate_report({**data, "seed": 1})  # a different budget must not match
+    other = validate_pipeline(composition_pipeline(changed, base, ["sst2", "trec"]))
+    assert spec_hash(child_spec(other, "sst2", base)) != spec_hash(cell_spec(compare_spec, "sst2", "lora-diffusion", base))
+
+
+@pytest.fixture
+def base_folder(tmp_path):
+    """A folder standing for a base (job specs only check that it exists)."""
+    folder = tmp_path / "base"
+    folder.mkdir()
+    return folder
+
+
 @pytest.mark.slow
 def test_report_smoke_end_to_end(small_base, data_dir, tmp_path, capsys, in_jobs_env):
     import matplotlib.image
