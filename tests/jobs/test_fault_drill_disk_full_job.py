@@ -60,6 +60,21 @@ def small_disk():
         folder.rmdir()
 
 
+def fill(folder: Path, leave: int) -> Path:
+    """Write one file until ``folder``'s file system is full, then give back ``leave`` bytes
+    (the job keeps writing meanwhile, so the free space is never read ahead and trusted)."""
+    filler = folder / "filler.bin"
+    chunk = b"\0" * (1 << 20)
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(chunk)
+        except OSError:
+            pass
+    os.truncate(filler, max(0, filler.stat().st_size - leave))
+    return filler
+
+
 def _events(run: Path) -> list[dict]:
     path = run / "metrics.jsonl"
     if not path.is_file():
@@ -123,10 +138,7 @@ def test_disk_full_during_a_job_checkpoint(small_base, data_dir, tmp_path, in_jo
         first = run / f"step_{EVERY:06d}"
         ckpt_bytes = _size(first)
         assert ckpt_bytes > 4 * LEAVE_FREE  # so the space left cannot hold the next checkpoint
-        st = os.statvfs(small_disk)
-        filler = small_disk / "filler.bin"
-        with open(filler, "wb") as f:
-            f.write(b"\0" * (st.f_bavail * st.f_frsize - LEAVE_FREE))
+        filler = fill(small_disk, LEAVE_FREE)
 
         deadline = time.monotonic() + 300
         while (rec := _state(job))["state"] in ("PENDING", "RUNNING"):

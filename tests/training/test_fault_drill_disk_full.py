@@ -53,12 +53,16 @@ def small_disk():
 
 
 def fill(folder: Path, leave: int) -> Path:
-    """Take all but ``leave`` bytes of ``folder``'s file system with one file."""
-    st = os.statvfs(folder)
-    free = st.f_bavail * st.f_frsize
+    """Write one file until ``folder``'s file system is full, then give back ``leave`` bytes."""
     filler = folder / "filler.bin"
-    with open(filler, "wb") as f:
-        f.write(b"\0" * max(0, free - leave))
+    chunk = b"\0" * 4096
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(chunk)
+        except OSError:
+            pass
+    os.truncate(filler, max(0, filler.stat().st_size - leave))
     return filler
 
 
