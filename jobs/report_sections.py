@@ -278,10 +278,10 @@ def _composition(s: dict[str, Any], meta: dict[str, Any]) -> tuple[str, list[cla
     acc = comp.get("router_accuracy") or {}
     rows, cols = [], ("auto", "uniform", "oracle", "base")
     for r in comp["rows"]:
-        rows.append([r["task"], str(r.get("metric")), fmt(r.get("n")), *[fmt(r.get(c), 3) for c in cols],
+        rows.append([r["task"], str(r.get("metric")), fmt(r.get("n")), *[fmt(r.get(c), 1) for c in cols],
                      fmt(acc.get(r["task"]), 3)])
     means = {c: _mean([r[c] for r in comp["rows"] if c in r]) for c in cols}
-    rows.append(["mean", "", "", *[fmt(means[c], 3) for c in cols], fmt(acc.get("overall"), 3)])
+    rows.append(["mean", "", "", *[fmt(means[c], 1) for c in cols], fmt(acc.get("overall"), 3)])
     body = [f"The main run's lora-diffusion adapters composed over one base ({s.get('bundle')}), each task's "
             f"prompts scored on the **{comp.get('split')}** split (n per row) with the router's weights, uniform "
             "weights, only the task's own adapter (oracle) and no adapter (base); router-id: how often the "
