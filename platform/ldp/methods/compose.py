@@ -264,13 +264,19 @@ class Composition(OnABase):
         instruction_mask: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        encoding: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``H + sum_j w[:, j] * perturbation_j(H)`` for given base states and (B, J) weights.
+
+        Enc(c) is taken from H once for every adapter (``encoding`` (B, d) if the caller already
+        has it, as the router's input).
 
         Adapter ``j`` runs only on the rows where ``w[:, j] != 0``; with ``positions`` (B, L)
         bool, only at those positions (the others keep the base's H), which is what makes a
         composed sampling step cost about one base forward."""
         out = hidden
+        if encoding is None and any(self.adapters[k].config.conditioning for k in self._slots.values()):
+            encoding = self.encoding(hidden, input_ids, instruction_mask, attention_mask)
         for j, key in enumerate(self._slots.values()):
             adapter = self.adapters[key]
             col = weights[:, j].to(hidden.dtype)
@@ -280,7 +286,7 @@ class Composition(OnABase):
             if bool(active.all()):
                 delta = adapter.perturbation(
                     hidden, steps, input_ids=input_ids, instruction_mask=instruction_mask,
-                    attention_mask=attention_mask, positions=positions,
+                    attention_mask=attention_mask, positions=positions, encoding=encoding,
                 )
                 out = out + col.view(-1, 1, 1) * delta
                 continue
@@ -290,6 +296,7 @@ class Composition(OnABase):
                 instruction_mask=None if instruction_mask is None else instruction_mask[rows],
                 attention_mask=None if attention_mask is None else attention_mask[rows],
                 positions=None if positions is None else positions[rows],
+                encoding=None if encoding is None else encoding[rows],
             )
             out = out.index_add(0, rows, col[rows].view(-1, 1, 1) * part)
         return out
@@ -314,7 +321,7 @@ class Composition(OnABase):
         w = self.resolve_weights(weights, input_ids.shape[0], steps, encoding=enc, device=hidden.device)
         return self.mix(
             hidden, steps, w, input_ids=input_ids, instruction_mask=instruction_mask,
-            attention_mask=attention_mask,
+            attention_mask=attention_mask, encoding=enc,
         )
 
     def forward(

@@ -403,13 +403,14 @@ class Engine:
                     W[i, col[ref]] = w
             elif job.kind == "auto":
                 auto.setdefault(job.bundle.ref, []).append(i)
+        enc = None
         if auto:
             enc = comp.encoding(hidden, x, instr, attn)  # (G, d)
             for ref, rows in auto.items():
                 self._route(W, enc, steps, rows, [jobs[i] for i in rows], col)
         return comp.mix(
             hidden, steps, W, input_ids=x, instruction_mask=instr, attention_mask=attn,
-            positions=positions,
+            positions=positions, encoding=enc,
         )
 
     def _route(self, W, enc, steps, rows, jobs, col) -> None:

@@ -371,11 +371,14 @@ class LoraDiffusionModel(AdaptedModel):
         instruction_mask: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        encoding: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``sum_i sigma(t) g_i(H, t, c)`` (B, L, d) fp32 at the final site for given base states H.
 
         ``positions`` (B, L) bool: compute it there only (zero elsewhere), for callers that read
         H' at a few positions (a sampler reads the masked positions of the current block).
+        ``encoding`` (B, d): Enc(c) already taken from the same H (a composition computes it once
+        for all its adapters); computed here otherwise.
 
         For composition (``ldp.methods.compose``): one frozen-base forward gives H,
         and each task adapter's perturbation is added with its weight,
@@ -391,7 +394,9 @@ class LoraDiffusionModel(AdaptedModel):
             None, steps, self.config.num_steps, hidden.shape[0], device=hidden.device
         )
         cond = None
-        if self.config.conditioning:
+        if self.config.conditioning and encoding is not None:
+            cond = encoding.float()
+        elif self.config.conditioning:
             cond = instruction_encoding(
                 hidden.detach(),
                 instruction_mask,
