@@ -54,18 +54,18 @@ def _session(sid: int) -> list[int]:
 
 def _kill_head(sid: int, timeout: float = 30, check: bool = True) -> int:
     """SIGKILL every process of one head (its session, nothing else); returns how many."""
-    killed = 0
+    killed: set[int] = set()
     deadline = time.monotonic() + timeout
     while (pids := _session(sid)) and time.monotonic() < deadline:
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
-                killed += 1
+                killed.add(pid)
             except ProcessLookupError:
                 pass
         time.sleep(0.1)
     assert not (check and _session(sid)), f"processes of head {sid} survived SIGKILL"
-    return killed
+    return len(killed)
 
 
 def _checkpoints(run: Path) -> list[int]:
