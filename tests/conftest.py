@@ -86,3 +86,55 @@ def ray_session_home():
         Path(path).mkdir()
     yield homes
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def tmpfs_mount():
+    """``mount(size, prefix) -> folder``: a fresh tmpfs of ``size`` (``2m``, ``64m``), unmounted at
+    teardown whatever happens; skips the test where mounting is not permitted (the disk-full
+    drills need it)."""
+    import os
+    import subprocess
+    import tempfile
+
+    mounted: list[Path] = []
+
+    def mount(size: str, prefix: str) -> Path:
+        folder = Path(tempfile.mkdtemp(prefix=prefix))
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            folder.rmdir()
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'mount failed'}); "
+                        "the disk-full drill needs mount permission")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], check=False)
+        if os.path.ismount(folder):
+            subprocess.run(["umount", "-l", str(folder)], check=False)
+        folder.rmdir()
+
+
+@pytest.fixture
+def fill_disk():
+    """``fill(folder, leave, chunk) -> filler``: write one file until ``folder``'s file system is
+    full, then give back ``leave`` bytes (a job may keep writing meanwhile, so the free space is
+    never read ahead and trusted)."""
+    import os
+
+    def fill(folder: Path, leave: int, chunk: int = 4096) -> Path:
+        filler = folder / "filler.bin"
+        block = b"\0" * chunk
+        with open(filler, "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(block)
+            except OSError:
+                pass
+        os.truncate(filler, max(0, filler.stat().st_size - leave))
+        return filler
+
+    return fill

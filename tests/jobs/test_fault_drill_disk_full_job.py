@@ -21,7 +21,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,37 +41,9 @@ def _ldp(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def small_disk():
+def small_disk(tmpfs_mount):
     """A 64 MB tmpfs, unmounted afterwards whatever happens."""
-    folder = Path(tempfile.mkdtemp(prefix="ldp-diskfull-job-"))
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(folder)],
-                           capture_output=True, text=True, check=False)
-    if mount.returncode != 0:
-        folder.rmdir()
-        pytest.skip(f"cannot mount a tmpfs here ({mount.stderr.strip() or 'mount failed'}); "
-                    "the disk-full drill needs mount permission")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=False)
-        if os.path.ismount(folder):
-            subprocess.run(["umount", "-l", str(folder)], check=False)
-        folder.rmdir()
-
-
-def fill(folder: Path, leave: int) -> Path:
-    """Write one file until ``folder``'s file system is full, then give back ``leave`` bytes
-    (the job keeps writing meanwhile, so the free space is never read ahead and trusted)."""
-    filler = folder / "filler.bin"
-    chunk = b"\0" * (1 << 20)
-    with open(filler, "wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(chunk)
-        except OSError:
-            pass
-    os.truncate(filler, max(0, filler.stat().st_size - leave))
-    return filler
+    return tmpfs_mount("64m", "ldp-diskfull-job-")
 
 
 def _events(run: Path) -> list[dict]:
@@ -117,7 +88,7 @@ def _stop_job(job: str) -> None:
                 continue
 
 
-def test_disk_full_during_a_job_checkpoint(small_base, data_dir, tmp_path, in_jobs_env, small_disk):
+def test_disk_full_during_a_job_checkpoint(small_base, data_dir, tmp_path, in_jobs_env, small_disk, fill_disk):
     started = time.monotonic()
     registry, storage = tmp_path / "registry", small_disk / "runs"
     job = "ldp-drill-diskfull-0001"
@@ -138,7 +109,7 @@ def test_disk_full_during_a_job_checkpoint(small_base, data_dir, tmp_path, in_jo
         first = run / f"step_{EVERY:06d}"
         ckpt_bytes = _size(first)
         assert ckpt_bytes > 4 * LEAVE_FREE  # so the space left cannot hold the next checkpoint
-        filler = fill(small_disk, LEAVE_FREE)
+        filler = fill_disk(small_disk, LEAVE_FREE, chunk=1 << 20)
 
         deadline = time.monotonic() + 300
         while (rec := _state(job))["state"] in ("PENDING", "RUNNING"):

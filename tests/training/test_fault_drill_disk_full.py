@@ -13,9 +13,6 @@ The Ray Train path (``ldp submit`` with its storage on a full disk) is drilled i
 
 from __future__ import annotations
 
-import os
-import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -34,36 +31,9 @@ checkpoint (its RNG state alone is over 10 KB)."""
 
 
 @pytest.fixture
-def small_disk():
+def small_disk(tmpfs_mount):
     """A 2 MB tmpfs, unmounted afterwards whatever happens."""
-    folder = Path(tempfile.mkdtemp(prefix="ldp-diskfull-"))
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)],
-                           capture_output=True, text=True, check=False)
-    if mount.returncode != 0:
-        folder.rmdir()
-        pytest.skip(f"cannot mount a tmpfs here ({mount.stderr.strip() or 'mount failed'}); "
-                    "the disk-full drill needs mount permission")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=False)
-        if os.path.ismount(folder):
-            subprocess.run(["umount", "-l", str(folder)], check=False)
-        folder.rmdir()
-
-
-def fill(folder: Path, leave: int) -> Path:
-    """Write one file until ``folder``'s file system is full, then give back ``leave`` bytes."""
-    filler = folder / "filler.bin"
-    chunk = b"\0" * 4096
-    with open(filler, "wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(chunk)
-        except OSError:
-            pass
-    os.truncate(filler, max(0, filler.stat().st_size - leave))
-    return filler
+    return tmpfs_mount("2m", "ldp-diskfull-")
 
 
 def _data(n=64):
@@ -97,7 +67,7 @@ def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
 
-def test_disk_full_during_a_checkpoint_keeps_the_last_one(small_disk, tmp_path):
+def test_disk_full_during_a_checkpoint_keeps_the_last_one(small_disk, fill_disk, tmp_path):
     reference = _trainer(tmp_path / "uninterrupted").train()
     ckpts = small_disk / "run" / "checkpoints"
     saved: dict[str, dict[str, torch.Tensor]] = {}
@@ -108,7 +78,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_last_one(small_disk, tmp_path):
             saved["at_first"] = _weights(trainer)
         if metrics["step"] == EVERY + 1:  # the first checkpoint is on disk: now the disk fills
             assert latest_checkpoint(ckpts) is not None
-            filler.append(fill(small_disk, LEAVE_FREE))
+            filler.append(fill_disk(small_disk, LEAVE_FREE))
 
     trainer = _trainer(small_disk / "run", on_step)
     with pytest.raises(LdpError) as err:
