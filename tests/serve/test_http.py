@@ -167,6 +167,7 @@ def test_playground_in_headless_chromium(serve_app, tmp_path):
     from pathlib import Path
 
     from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -182,8 +183,11 @@ def test_playground_in_headless_chromium(serve_app, tmp_path):
     try:
         browser.set_page_load_timeout(60)
         browser.get(serve_app["url"] + "/")
-        wait = WebDriverWait(browser, 240)
-        wait.until(lambda b: "auto" in [o.get_attribute("value") for o in b.find_elements(By.CSS_SELECTOR, "#model option")])
+        # The page rebuilds the model list when /v1/models answers, so an element found a moment
+        # ago can be gone: read the values in one script call and retry on a stale element.
+        wait = WebDriverWait(browser, 240, ignored_exceptions=(StaleElementReferenceException,))
+        wait.until(lambda b: "auto" in b.execute_script(
+            "return Array.from(document.querySelectorAll('#model option'), o => o.value);"))
         Select(browser.find_element(By.ID, "model")).select_by_value("auto")
         for field, value in (("steps", "8"), ("tokens", "8")):
             box = browser.find_element(By.ID, field)
