@@ -289,7 +289,8 @@ def _submit_remote(spec: dict[str, Any], job_id: str | None, address: str, wait:
     payload = json.dumps(spec, separators=(",", ":"), sort_keys=True)
     entrypoint = f"ldp _run-job {job_id} --spec-json {shlex.quote(payload)}"
     try:
-        handle.job_client.submit_job(
+        _submit_when_an_agent_is_up(
+            handle.job_client,
             entrypoint=entrypoint,
             submission_id=job_id,
             runtime_env=handle.runtime_env,
@@ -309,6 +310,28 @@ def _submit_remote(spec: dict[str, Any], job_id: str | None, address: str, wait:
     if final.state != "SUCCEEDED":
         raise LdpError(f"job {job_id} {final.state}: {final.error or 'see ldp logs'}")
     return job_id
+
+
+_NO_AGENT = "No available agent to submit job"
+"""What the Jobs API answers (HTTP 500) while no node's job agent has registered yet: a head
+that has just started (``ldp cluster up``, a new KubeRay cluster) serves the API before it."""
+
+
+def _submit_when_an_agent_is_up(client: Any, *, patience_s: float = 60.0, **job: Any) -> None:
+    """``client.submit_job(**job)``, retried while the cluster says it has no job agent yet.
+
+    Ray asks to "try again later"; any other error, or no agent after ``patience_s``, is raised.
+    Retrying cannot start the job twice: a submission that reached an agent either succeeded or
+    failed with another error, and the submission id is fixed."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            client.submit_job(**job)
+            return
+        except Exception as exc:
+            if _NO_AGENT not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(2.0)
 
 
 def wait_remote(address: str, job_id: str, timeout_s: float = 60.0) -> records.JobRecord:

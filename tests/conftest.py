@@ -39,6 +39,23 @@ def kuberay_crds() -> Path:
     return path
 
 
+_RAY_TEST_DIRS = {"jobs", "cluster", "serve"}
+"""Test folders whose tests start Ray (embedded clusters, ``ldp cluster up`` heads, Serve)."""
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``-n 2 --dist loadgroup`` in ``pyproject.toml``) every test that starts
+    Ray goes to one worker and runs there one after another, while the other worker takes the
+    rest. Two local Ray clusters at once on a 2-core machine starve each other's daemons (Ray
+    gives a starting node 30 s), and the drills that kill a head or count a session's processes
+    assume theirs is the only Ray on the machine."""
+    tests = REPO / "tests"
+    for item in items:
+        path = Path(str(item.fspath))
+        if path.is_relative_to(tests) and path.relative_to(tests).parts[0] in _RAY_TEST_DIRS:
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("ldp_home")

@@ -130,10 +130,16 @@ def test_connect_http_is_a_jobs_api_handle(head, in_ray_home):
 
     handle = connect(head["info"]["dashboard_url"])
     assert handle.kind == "jobs" and handle.uses_jobs_api and not handle.owns_driver
-    jobs = handle.job_client.list_jobs()
-    assert isinstance(jobs, list)
-    # `ldp cluster status` above ran a driver on this cluster: it is in the job list.
-    assert any("cluster status" in (j.entrypoint or "") for j in jobs)
+    # `ldp cluster status` above ran a driver on this cluster: it is in the job list (which the
+    # dashboard fills from the GCS asynchronously, so a loaded machine may need a few polls).
+    deadline = time.monotonic() + 60
+    while True:
+        jobs = handle.job_client.list_jobs()
+        assert isinstance(jobs, list)
+        if any("cluster status" in (j.entrypoint or "") for j in jobs) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert any("cluster status" in (j.entrypoint or "") for j in jobs), [j.entrypoint for j in jobs]
     assert handle.runtime_env["env_vars"]["RAY_TRAIN_ENABLE_STATE_TRACKING"] == "1"
     with pytest.raises(Exception, match="Jobs API handle"):
         handle.resources()
