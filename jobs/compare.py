@@ -170,7 +170,7 @@ def execute(spec_dict: dict[str, Any], job_id: str, *, log=print) -> dict[str, A
     log(f"[ldp] compare: {len(spec.methods)} method(s) x {len(spec.tasks)} task(s) on {base}")
     rows: list[dict[str, Any]] = []
     cells = [(t, m) for t in tasks for m in spec.methods]
-    handle = connect()
+    handle = None  # Ray starts with the first cell to train: a rerun that reuses every cell needs none
     try:
         bar = tqdm(cells, desc="compare", unit="cell")
         for task, method in bar:
@@ -182,6 +182,8 @@ def execute(spec_dict: dict[str, Any], job_id: str, *, log=print) -> dict[str, A
                 if found:
                     row.update(_cell_from_registry(reg, found), reused=True)
                 else:
+                    if handle is None:
+                        handle = connect()
                     cell_id = f"{job_id}-{task}-{method}"
                     records.create_job(child, job_id=cell_id, label=f"{task}-{method}")
                     result = run_job(cell_id, spec=child)
@@ -198,7 +200,8 @@ def execute(spec_dict: dict[str, Any], job_id: str, *, log=print) -> dict[str, A
             ))
         bar.close()
     finally:
-        handle.shutdown()
+        if handle is not None:
+            handle.shutdown()
     summary = summarise(rows, tasks, spec.methods)
     failed = [r for r in rows if "error" in r]
     if len(failed) == len(rows):

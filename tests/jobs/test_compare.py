@@ -53,7 +53,8 @@ def test_bad_input_exits_2_before_any_ray_work(args, needle, capsys, monkeypatch
 
 
 @pytest.mark.slow
-def test_compare_trains_each_cell_reports_failures_and_reuses(small_base, data_dir, tmp_path, capsys, in_jobs_env):
+def test_compare_trains_each_cell_reports_failures_and_reuses(small_base, data_dir, tmp_path, capsys, in_jobs_env,
+                                                            monkeypatch):
     registry = (tmp_path / "registry").as_uri()
     args = [
         "--tasks", "sst2,triviaqa", "--methods", "lora-diffusion,bitfit", "--steps", "6",
@@ -73,7 +74,10 @@ def test_compare_trains_each_cell_reports_failures_and_reuses(small_base, data_d
     assert "| lora-diffusion |" in table and "- skipped triviaqa:" in table
 
     capsys.readouterr()
-    assert main(["compare", *args]) == 0  # the same specs again: nothing is retrained
+    import ray
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray started for cells that are all published"))
+    assert main(["compare", *args]) == 0  # the same specs again: nothing is retrained, no Ray
     again = json.loads((tmp_path / "t.json").read_text())
     reused = {(r["task"], r["method"]): r.get("reused") for r in again["rows"]}
     assert reused == {("sst2", "lora-diffusion"): True, ("sst2", "bitfit"): True}

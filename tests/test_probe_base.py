@@ -1,0 +1,55 @@
+"""``benchmarks/probe_base.py``: the linear probe fits what is separable and reports both readouts
+of a real base on real task data; bad arguments exit 2 with one line."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "probe_base.py"
+
+
+@pytest.fixture(scope="module")
+def probe():
+    spec = importlib.util.spec_from_file_location("probe_base", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_logistic_probe_separates_separable_classes_and_not_noise(probe):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 16, generator=g)
+    y = (x[:, 3] - x[:, 7] > 0).long()
+    fitted = probe.fit_logistic(x, y, 2)
+    assert (fitted(x).argmax(1) == y).float().mean() > 0.97
+    noise = torch.randint(0, 2, (200,), generator=g)
+    held_out = torch.randn(200, 16, generator=g)
+    fitted = probe.fit_logistic(x, noise, 2)
+    assert (fitted(held_out).argmax(1) == torch.randint(0, 2, (200,), generator=g)).float().mean() < 0.65
+
+
+def test_probe_reports_both_readouts_on_a_real_base(probe, small_base, data_dir, tmp_path, capsys):
+    out = tmp_path / "probe.json"
+    code = probe.main(["--base", str(small_base.folder), "--task", "sst2", "--data-dir", str(data_dir),
+                       "--train-limit", "48", "--val-limit", "16", "--json", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out) == result
+    assert result["n_train"] == 48 and result["n_val"] == 16 and result["split"] == "validation"
+    for key in ("answer_accuracy", "mean_accuracy", "majority"):
+        assert 0.0 <= result[key] <= 100.0
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--task", "squad"], "not a classification task"),
+    (["--task", "nope"], "nope"),
+])
+def test_bad_input_is_one_line_and_exit_2(probe, data_dir, capsys, args, needle):
+    code = probe.main(["--base", "minilm", "--data-dir", str(data_dir), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
