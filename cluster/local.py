@@ -172,6 +172,21 @@ def _port_free(port: int) -> bool:
     return True
 
 
+_AGENT_PORT = 52365
+"""Ray's default port for a node's dashboard agent (HTTP), which serves the Jobs API's submissions."""
+
+
+def _agent_port() -> int:
+    """Ray's default agent port, or a free one when another Ray on this machine holds it (an
+    embedded job's cluster, say): a head whose agent cannot bind serves the Jobs API but answers
+    every submission with "No available agent"."""
+    if _port_free(_AGENT_PORT):
+        return _AGENT_PORT
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("0.0.0.0", 0))
+        return s.getsockname()[1]
+
+
 def _port_open(port: int, host: str = "127.0.0.1") -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):
@@ -262,6 +277,7 @@ def start_head(
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard_port}",
         f"--ray-client-server-port={client_port}",
+        f"--dashboard-agent-listen-port={_agent_port()}",
         f"--temp-dir={temp_dir}",
         "--disable-usage-stats",
     ]

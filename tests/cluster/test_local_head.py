@@ -183,3 +183,23 @@ def test_down_stops_exactly_that_head(head):
         "reachable": False,
         "resources": None,
     }
+
+
+def test_agent_port_moves_off_ray_default_when_another_ray_holds_it():
+    """A second Ray on the machine (an embedded job's) holds the agent port 52365: the head gets a
+    free one instead, or its Jobs API would answer every submission "No available agent"."""
+    import socket
+
+    from ldp.cluster import local
+
+    holder = socket.socket()
+    try:
+        holder.bind(("0.0.0.0", local._AGENT_PORT))
+        holder.listen()
+    except OSError:
+        pass  # already held by some other process: the same situation
+    try:
+        port = local._agent_port()
+        assert port != local._AGENT_PORT and local._port_free(port)
+    finally:
+        holder.close()

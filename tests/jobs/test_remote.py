@@ -49,6 +49,9 @@ def head(jobs_env):
             "--block",
             f"--port={port}",
             f"--dashboard-port={dash}",
+            # not Ray's fixed default (52365): another Ray on the machine may hold it, and a head
+            # whose job agent cannot bind answers every submission "No available agent"
+            f"--dashboard-agent-listen-port={free_port()}",
             "--dashboard-host=127.0.0.1",
             "--num-cpus=2",
             "--include-dashboard=true",
