@@ -128,10 +128,11 @@ def test_status_json_shows_resources(head):
 def test_connect_http_is_a_jobs_api_handle(head, in_ray_home):
     from ldp.cluster import connect
 
+    assert _ldp(head["home"], "status").returncode == 0  # a driver on this cluster, whatever ran before
     handle = connect(head["info"]["dashboard_url"])
     assert handle.kind == "jobs" and handle.uses_jobs_api and not handle.owns_driver
-    # `ldp cluster status` above ran a driver on this cluster: it is in the job list (which the
-    # dashboard fills from the GCS asynchronously, so a loaded machine may need a few polls).
+    # That `ldp cluster status` driver is in the job list (which the dashboard fills from the GCS
+    # asynchronously, so a loaded machine may need a few polls).
     deadline = time.monotonic() + 60
     while True:
         jobs = handle.job_client.list_jobs()

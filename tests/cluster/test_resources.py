@@ -255,6 +255,7 @@ def test_a_fitting_request_is_really_placeable(local_ray):
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
+    _wait_free_cpus(2)  # a task of an earlier test may still hold its CPU for a moment
     assert check_fits(2, 1, placement_strategy="STRICT_PACK").fits_now
     bundle = worker_resources(False, 1)
     pg = placement_group([bundle] * 2, strategy="STRICT_PACK")
