@@ -172,16 +172,15 @@ def _port_free(port: int) -> bool:
     return True
 
 
-_AGENT_PORT = 52365
-"""Ray's default port for a node's dashboard agent (HTTP), which serves the Jobs API's submissions."""
-
-
 def _agent_port() -> int:
-    """Ray's default agent port, or a free one when another Ray on this machine holds it (an
+    """Ray's default port for a node's dashboard agent (HTTP; it serves the Jobs API's
+    submissions), or a free one when another Ray on this machine holds it (an
     embedded job's cluster, say): a head whose agent cannot bind serves the Jobs API but answers
     every submission with "No available agent"."""
-    if _port_free(_AGENT_PORT):
-        return _AGENT_PORT
+    from ray._private.ray_constants import DEFAULT_DASHBOARD_AGENT_LISTEN_PORT as default
+
+    if _port_free(default):
+        return default
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("0.0.0.0", 0))
         return s.getsockname()[1]

@@ -191,16 +191,18 @@ def test_agent_port_moves_off_ray_default_when_another_ray_holds_it():
     free one instead, or its Jobs API would answer every submission "No available agent"."""
     import socket
 
+    from ray._private.ray_constants import DEFAULT_DASHBOARD_AGENT_LISTEN_PORT as default
+
     from ldp.cluster import local
 
     holder = socket.socket()
     try:
-        holder.bind(("0.0.0.0", local._AGENT_PORT))
+        holder.bind(("0.0.0.0", default))
         holder.listen()
     except OSError:
         pass  # already held by some other process: the same situation
     try:
         port = local._agent_port()
-        assert port != local._AGENT_PORT and local._port_free(port)
+        assert port != default and local._port_free(port)
     finally:
         holder.close()
