@@ -100,11 +100,7 @@ def relaunch(job_id: str, *, wait: bool, address: str | None = None) -> str:
     kind, addr = resolve_address(address)
     if kind == "jobs":
         raise UsageError("--resume runs the job's driver here: give a Ray address (host:port), not the Jobs API")
-    attempts = int(record.extra.get("attempts", 1)) + 1
-    records.update_job(
-        job_id, state="PENDING", error=None, ended_at=None, started_at=None, pid=None, pid_started=None,
-        extra={**record.extra, "attempts": attempts, "resumed_after": record.error},
-    )
+    records.reopen_job(job_id)
     ray_address = None if kind == "local" else addr
     if wait:
         run_job(job_id, address=ray_address)

@@ -301,6 +301,22 @@ def update_job(job_id: str, **changes: Any) -> JobRecord:
     return record
 
 
+def reopen_job(job_id: str) -> JobRecord:
+    """Put a FAILED or STOPPED job back to PENDING so that it runs again under the same id (its
+    training resumes from the run folder's last checkpoint). ``extra["attempts"]`` counts the runs
+    and ``extra["resumed_after"]`` keeps the error that ended the previous one."""
+    with _locked(job_id):
+        record = _read_status(job_id)
+        if record.state not in ("FAILED", "STOPPED"):
+            raise UsageError(f"job {job_id} is {record.state}; only a FAILED or STOPPED job can be resumed")
+        attempts = int(record.extra.get("attempts", 1)) + 1
+        record.extra = {**record.extra, "attempts": attempts, "resumed_after": record.error}
+        record.state, record.error = "PENDING", None
+        record.ended_at = record.started_at = record.pid = record.pid_started = None
+        _write_status(record)
+    return record
+
+
 @contextlib.contextmanager
 def _locked(job_id: str):
     import fcntl

@@ -18,7 +18,8 @@
 6. Publish ``bundles/<name>@N``: the base ref and digest, each adapter ref, the router ref, the
    per-task metrics and the pipeline spec. No router, no bundle.
 
-A killed pipeline rerun with the same spec reuses every adapter it had published.
+A killed pipeline rerun with the same spec reuses every adapter it had published, and resumes
+each child that had committed a checkpoint from that checkpoint (the child keeps its job id).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 from ldp.config import to_dict
 from ldp.errors import LdpError
 
-__all__ = ["execute", "find_published_adapter", "publish_bundle"]
+__all__ = ["execute", "find_interrupted_child", "find_published_adapter", "publish_bundle"]
 
 
 def find_published_adapter(reg, task: str, method: str, want: str) -> str | None:
@@ -58,6 +59,28 @@ def find_published_adapter(reg, task: str, method: str, want: str) -> str | None
                 found = None
         if found == want:
             return str(info.ref)
+    return None
+
+
+def find_interrupted_child(task: str, want: str) -> str | None:
+    """The newest local adapter job for ``task`` whose resolved spec hashes to ``want`` and that
+    ended without a result (FAILED or STOPPED: a killed pipeline's children become FAILED once their
+    process is gone) after committing a checkpoint. Rerunning it under its own id resumes training
+    from that checkpoint instead of step 0."""
+    from ldp.jobs import records
+    from ldp.jobs.train_all_spec import spec_hash
+
+    for record in records.list_jobs():  # newest first
+        if record.label != task or record.kind != "adapter" or record.address is not None:
+            continue
+        if record.state not in ("FAILED", "STOPPED"):
+            continue
+        try:
+            same = spec_hash(records.read_spec(record.job_id)) == want
+        except Exception:  # noqa: BLE001 - an unreadable old record just does not match
+            same = False
+        if same and records.last_checkpoint_step(record.job_id) is not None:
+            return record.job_id
     return None
 
 
@@ -120,6 +143,7 @@ def _run_adapter_jobs(spec, todo: dict[str, dict], parent: str, progress: _Progr
     import ray
 
     from ldp.jobs import records
+    from ldp.jobs.train_all_spec import spec_hash
 
     @ray.remote(num_cpus=0, max_retries=0)
     def run_child(job_id: str, child: dict[str, Any]) -> dict[str, Any]:
@@ -136,8 +160,14 @@ def _run_adapter_jobs(spec, todo: dict[str, dict], parent: str, progress: _Progr
     while queue or running:
         while queue and len(running) < limit:
             task, child = queue.pop(0)
-            job_id = f"{parent}-{task}"
-            records.create_job(child, job_id=job_id, label=task)
+            job_id = find_interrupted_child(task, spec_hash(child))
+            if job_id:
+                step = records.last_checkpoint_step(job_id)
+                log(f"[ldp] {task}: resuming interrupted job {job_id} from its step-{step} checkpoint")
+                records.reopen_job(job_id)
+            else:
+                job_id = f"{parent}-{task}"
+                records.create_job(child, job_id=job_id, label=task)
             ref = run_child.options(name=f"adapter:{task}", runtime_env={"env_vars": _child_env()}).remote(job_id, child)
             running[ref] = (task, job_id)
             progress.set(task, state="running", job=job_id)

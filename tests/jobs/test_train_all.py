@@ -143,3 +143,44 @@ def test_tasks_without_local_data_are_skipped_with_a_reason(data_dir):
     why = _has_data("triviaqa", str(data_dir))
     assert why is not None and "no train/validation split" in why and str(data_dir) in why
     assert _has_data("triviaqa", "hub") is None  # the hub: the child job says whether it is reachable
+
+
+def _interrupted(job_id: str, spec: dict, *, state: str = "FAILED", checkpoint_step: int | None = 100) -> None:
+    """A child job record as a killed pipeline leaves it: ended without a result, and (when
+    ``checkpoint_step``) a run folder whose metrics log records a committed checkpoint."""
+    from ldp.jobs import records
+    from ldp.jobs.runner import default_storage_path
+
+    records.create_job(spec, job_id=job_id, label=spec["task"])
+    records.update_job(job_id, state=state, error="interrupted")
+    if checkpoint_step is not None:
+        run = default_storage_path() / job_id
+        run.mkdir(parents=True)
+        (run / "metrics.jsonl").write_text(json.dumps({"event": "checkpoint", "step": checkpoint_step}) + "\n")
+
+
+def test_a_rerun_resumes_an_interrupted_child_with_the_same_spec_from_its_checkpoint():
+    from ldp.errors import UsageError
+    from ldp.jobs import records
+    from ldp.jobs.train_all import find_interrupted_child
+    from ldp.jobs.train_all_spec import spec_hash
+
+    spec = {"kind": "adapter", "task": "gsm8k", "steps": 300, "train": {"eval_limit": 40}}
+    want = spec_hash(spec)
+    assert find_interrupted_child("gsm8k", want) is None
+    _interrupted("p1-gsm8k", spec, checkpoint_step=250)
+    _interrupted("p1-squad", {**spec, "task": "squad"}, checkpoint_step=300)
+    _interrupted("p0-gsm8k", {**spec, "steps": 200}, checkpoint_step=150)  # another spec
+    _interrupted("p2-gsm8k", spec, checkpoint_step=None)  # died before its first checkpoint
+    _interrupted("p3-gsm8k", spec, state="SUCCEEDED")  # finished: its adapter is published
+    assert find_interrupted_child("gsm8k", want) == "p1-gsm8k"
+    assert find_interrupted_child("squad", spec_hash({**spec, "task": "squad"})) == "p1-squad"
+    assert find_interrupted_child("gsm8k", spec_hash({**spec, "steps": 301})) is None
+
+    record = records.reopen_job("p1-gsm8k")
+    assert record.state == "PENDING" and record.pid is None and record.error is None
+    assert record.extra["attempts"] == 2 and record.extra["resumed_after"] == "interrupted"
+    assert records.get_job("p1-gsm8k").state == "PENDING"
+    assert find_interrupted_child("gsm8k", want) is None  # a pending job is not picked twice
+    with pytest.raises(UsageError, match="only a FAILED or STOPPED job"):
+        records.reopen_job("p1-gsm8k")
