@@ -6,6 +6,10 @@ split for every method; only each method's own default learning rate differs (``
 optim.lr=...`` pins one for all). A cell whose resolved job spec was published before is reused
 (``retrain`` forces a new run). A failed cell is reported in the table and the others go on.
 
+Cells train side by side as Ray tasks (:mod:`ldp.jobs.children`), as many as the cluster places
+or ``max_parallel``. A cell's ``seconds`` is its own wall time with the others running beside it;
+``max_parallel: 1`` gives timings of cells run alone.
+
 The result holds one row per cell (primary metric, trainable parameters and %, training time,
 registry reference) and per method the average over tasks and the percentage of full
 fine-tuning (per task and of the averages). :func:`format_markdown` renders it.
@@ -46,6 +50,8 @@ class CompareSpec:
     storage_path: str | None = None
     retrain: bool = False
     """Train every cell even when an adapter for the same spec is published."""
+    max_parallel: int | None = None
+    """At most this many cells train at once (default: as many as the cluster's CPUs place)."""
     train: dict[str, Any] = field(default_factory=dict)
     """Adapter recipe overrides applied to every cell (``loop.batch_size``, ``optim.lr``, ...)."""
 
@@ -69,6 +75,8 @@ class CompareSpec:
             raise ValueError("steps must be >= 1")
         if self.eval_limit is not None and self.eval_limit < 1:
             raise ValueError("eval_limit must be >= 1")
+        if self.max_parallel is not None and self.max_parallel < 1:
+            raise ValueError("max_parallel must be >= 1")
 
 
 def cell_spec(spec: CompareSpec, task: str, method: str, base: str | None = None) -> dict[str, Any]:
@@ -147,12 +155,7 @@ def summarise(rows: list[dict[str, Any]], tasks: list[str], methods: list[str]) 
 
 
 def execute(spec_dict: dict[str, Any], job_id: str, *, log=print) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
-    from ldp.cluster import connect
-    from ldp.jobs import records
     from ldp.jobs.adapter_job import ensure_base
-    from ldp.jobs.launch import run_job
     from ldp.jobs.spec import JobSpec
     from ldp.jobs.train_all import find_published_adapter
     from ldp.jobs.train_all_spec import spec_hash
@@ -168,40 +171,21 @@ def execute(spec_dict: dict[str, Any], job_id: str, *, log=print) -> dict[str, A
     first = cell_spec(spec, tasks[0], spec.methods[0])
     base = ensure_base(JobSpec(**{k: v for k, v in first.items() if k != "kind"}), log=log)
     log(f"[ldp] compare: {len(spec.methods)} method(s) x {len(spec.tasks)} task(s) on {base}")
-    rows: list[dict[str, Any]] = []
     cells = [(t, m) for t in tasks for m in spec.methods]
-    handle = None  # Ray starts with the first cell to train: a rerun that reuses every cell needs none
-    try:
-        bar = tqdm(cells, desc="compare", unit="cell")
-        for task, method in bar:
-            bar.set_postfix_str(f"{task}/{method}")
-            child = cell_spec(spec, task, method, base)
-            row: dict[str, Any] = {"task": task, "method": method}
-            found = None if spec.retrain else find_published_adapter(reg, task, method, spec_hash(child))
-            try:
-                if found:
-                    row.update(_cell_from_registry(reg, found), reused=True)
-                else:
-                    if handle is None:
-                        handle = connect()
-                    cell_id = f"{job_id}-{task}-{method}"
-                    records.create_job(child, job_id=cell_id, label=f"{task}-{method}")
-                    result = run_job(cell_id, spec=child)
-                    row.update(_cell_from_registry(reg, result["ref"]), reused=False, job=cell_id)
-            except Exception as exc:  # noqa: BLE001 - a failed cell is reported, the others go on
-                from ldp.errors import first_line
-
-                row["error"] = first_line(exc)
-            rows.append(row)
-            score = row.get("score")
-            log(f"[ldp] {task}/{method}: " + (
-                f"{row['primary']} {score:.2f}" + (" (reused)" if row.get("reused") else "")
-                if score is not None else f"FAILED: {row.get('error')}"
-            ))
-        bar.close()
-    finally:
-        if handle is not None:
-            handle.shutdown()
+    by_cell: dict[tuple[str, str], dict[str, Any]] = {}
+    todo: list[tuple[tuple[str, str], dict[str, Any]]] = []
+    for task, method in cells:
+        child = cell_spec(spec, task, method, base)
+        found = None if spec.retrain else find_published_adapter(reg, task, method, spec_hash(child))
+        if found:
+            by_cell[(task, method)] = {"task": task, "method": method, **_cell_from_registry(reg, found),
+                                       "reused": True}
+            _log_cell(log, by_cell[(task, method)])
+        else:
+            todo.append(((task, method), child))
+    if todo:  # Ray starts only when a cell must train: a rerun that reuses every cell needs none
+        by_cell.update(_train_cells(spec, todo, reg, job_id, log))
+    rows = [by_cell[c] for c in cells]
     summary = summarise(rows, tasks, spec.methods)
     failed = [r for r in rows if "error" in r]
     if len(failed) == len(rows):
@@ -219,6 +203,55 @@ def execute(spec_dict: dict[str, Any], job_id: str, *, log=print) -> dict[str, A
         "metrics": {m: s["average"] for m, s in summary.items() if s["average"] is not None},
         "spec": to_dict(spec),
     }
+
+
+def _log_cell(log, row: dict[str, Any]) -> None:
+    score = row.get("score")
+    log(f"[ldp] {row['task']}/{row['method']}: " + (
+        f"{row['primary']} {score:.2f}" + (" (reused)" if row.get("reused") else "")
+        if score is not None else f"FAILED: {row.get('error')}"
+    ))
+
+
+def _train_cells(spec: CompareSpec, todo: list, reg, job_id: str, log) -> dict[tuple[str, str], dict[str, Any]]:
+    """Train the cells of ``todo`` side by side as child jobs; one row per cell."""
+    from tqdm.auto import tqdm
+
+    from ldp.cluster import connect
+    from ldp.errors import first_line
+    from ldp.jobs import records
+    from ldp.jobs.children import run_children
+
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    bar = tqdm(total=len(todo), desc="compare", unit="cell")
+
+    def open_job(cell: tuple[str, str], child: dict[str, Any]) -> str:
+        cell_id = f"{job_id}-{cell[0]}-{cell[1]}"
+        records.create_job(child, job_id=cell_id, label=f"{cell[0]}-{cell[1]}")
+        return cell_id
+
+    def on_done(cell: tuple[str, str], cell_id: str, result: dict | None, error: str | None) -> None:
+        row: dict[str, Any] = {"task": cell[0], "method": cell[1], "job": cell_id}
+        if error is not None:
+            row["error"] = error
+        else:
+            try:
+                row.update(_cell_from_registry(reg, result["ref"]), reused=False)
+            except Exception as exc:  # noqa: BLE001 - an unreadable publication fails the cell only
+                row["error"] = first_line(exc)
+        rows[cell] = row
+        bar.update(1)
+        bar.set_postfix_str(f"{cell[0]}/{cell[1]}")
+        _log_cell(log, row)
+
+    handle = connect()
+    try:
+        run_children(todo, limit=spec.max_parallel, workers=spec.workers, open_job=open_job,
+                     ray_name=lambda cell: f"cell:{cell[0]}/{cell[1]}", on_done=on_done)
+    finally:
+        bar.close()
+        handle.shutdown()
+    return rows
 
 
 def _fmt(value: Any, digits: int = 1) -> str:

@@ -51,7 +51,8 @@ class Variant:
             "kind": "compare", "tasks": tasks or self.tasks, "methods": methods or self.methods,
             "size": s.size, "base": s.base, "steps": s.steps, "split": s.split,
             "eval_limit": s.eval_limit, "registry": s.registry, "data_dir": s.data_dir,
-            "storage_path": s.storage_path, "retrain": retrain, "train": self.train,
+            "storage_path": s.storage_path, "retrain": retrain, "max_parallel": s.max_parallel,
+            "train": self.train,
         }
         return {k: v for k, v in data.items() if v is not None}
 
@@ -225,24 +226,29 @@ def run_variants(spec, variants: list[Variant], job_id: str, base: str, *, log=p
         if spec.published_only:
             rows = _published_rows(variant, reg, base)
         else:
+            # Tasks that need the same methods (with the same retrain) share one compare call,
+            # so that its cells train side by side; a cell an earlier variant of this report
+            # already trained is reused, never retrained.
+            groups: dict[tuple[tuple[str, ...], bool], list[str]] = {}
             for task in variant.tasks:
                 hashes = {m: _cell_hash(variant, task, m, base) for m in variant.methods}
-                fresh = [m for m in variant.methods if hashes[m] not in done]
-                seen = [m for m in variant.methods if hashes[m] in done]
+                fresh = tuple(m for m in variant.methods if hashes[m] not in done)
+                seen = tuple(m for m in variant.methods if hashes[m] in done)
                 for methods, retrain in ((fresh, spec.retrain), (seen, False)):
-                    if not methods:
-                        continue
-                    counter += 1
-                    child_id = f"{job_id}-{counter}"
-                    try:
-                        out = compare_execute(variant.compare_dict([task], methods, retrain), child_id, log=log)
-                        rows += out["rows"]
-                        for task_skipped, why in (out.get("skipped") or {}).items():
-                            errors.append(f"{task_skipped} skipped: {why}")
-                    except Exception as exc:  # noqa: BLE001 - every cell failed: report, go on
-                        why = first_line(exc)
-                        rows += [{"task": task, "method": m, "error": why} for m in methods]
+                    if methods:
+                        groups.setdefault((methods, retrain), []).append(task)
                 done.update(hashes.values())
+            for (methods, retrain), tasks in groups.items():
+                counter += 1
+                child_id = f"{job_id}-{counter}"
+                try:
+                    out = compare_execute(variant.compare_dict(tasks, list(methods), retrain), child_id, log=log)
+                    rows += out["rows"]
+                    for task_skipped, why in (out.get("skipped") or {}).items():
+                        errors.append(f"{task_skipped} skipped: {why}")
+                except Exception as exc:  # noqa: BLE001 - every cell failed: report, go on
+                    why = first_line(exc)
+                    rows += [{"task": t, "method": m, "error": why} for t in tasks for m in methods]
         order = {(t, m): i for i, (t, m) in enumerate((t, m) for t in variant.tasks for m in variant.methods)}
         rows.sort(key=lambda r: order.get((r["task"], r["method"]), 0))
         results.append({

@@ -194,6 +194,8 @@ class ReportSpec:
     """Train every run even when one with the same resolved job spec was published."""
     published_only: bool = False
     """Train nothing: use only runs already published for the same specs (others say so)."""
+    max_parallel: int | None = None
+    """At most this many runs train at once (default: as many as the cluster's CPUs place)."""
 
     def __post_init__(self) -> None:
         from ldp.jobs.spec import _absolute
@@ -206,6 +208,8 @@ class ReportSpec:
             raise ValueError("steps must be >= 1")
         if self.eval_limit is not None and self.eval_limit < 1:
             raise ValueError("eval_limit must be >= 1")
+        if self.max_parallel is not None and self.max_parallel < 1:
+            raise ValueError("max_parallel must be >= 1")
         if self.retrain and self.published_only:
             raise ValueError("retrain and published_only exclude each other")
         self.out = str(_absolute(self.out))

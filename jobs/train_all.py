@@ -25,7 +25,6 @@ each child that had committed a checkpoint from that checkpoint (the child keeps
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -97,14 +96,6 @@ def _has_data(task: str, data_dir: str | None) -> str | None:
     return None
 
 
-def _slots(workers: int) -> int:
-    """Adapter worker groups (``workers`` CPUs each) the cluster holds at once."""
-    import ray
-
-    cpus = float(ray.cluster_resources().get("CPU", 1))
-    return max(1, int(cpus // max(1, workers)))
-
-
 class _Progress:
     """The task -> state -> metric table, printed whenever something changes."""
 
@@ -133,71 +124,36 @@ def _metric_text(result: dict[str, Any]) -> str:
     return ""
 
 
-def _child_env() -> dict[str, str]:
-    keys = ("LDP_HOME", "LDP_REGISTRY", "LDP_DATA_DIR", "LDP_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    return {k: os.environ[k] for k in keys if os.environ.get(k)}
-
-
 def _run_adapter_jobs(spec, todo: dict[str, dict], parent: str, progress: _Progress, log) -> tuple[dict, dict]:
-    """Run the child adapter jobs as Ray tasks; ``({task: result}, {task: error})``."""
-    import ray
-
+    """Run the child adapter jobs side by side as Ray tasks; ``({task: result}, {task: error})``."""
     from ldp.jobs import records
+    from ldp.jobs.children import run_children, worker_group_slots
     from ldp.jobs.train_all_spec import spec_hash
 
-    @ray.remote(num_cpus=0, max_retries=0)
-    def run_child(job_id: str, child: dict[str, Any]) -> dict[str, Any]:
-        from ldp.jobs.launch import run_job
+    def open_job(task, child: dict[str, Any]) -> str:
+        job_id = find_interrupted_child(task, spec_hash(child))
+        if job_id:
+            step = records.last_checkpoint_step(job_id)
+            log(f"[ldp] {task}: resuming interrupted job {job_id} from its step-{step} checkpoint")
+            records.reopen_job(job_id)
+        else:
+            job_id = f"{parent}-{task}"
+            records.create_job(child, job_id=job_id, label=task)
+        return job_id
 
-        return run_job(job_id, spec=child)
-
-    limit = min(spec.max_parallel or 10**6, _slots(spec.workers))
-    log(f"[ldp] {len(todo)} adapter job(s), at most {limit} at once")
-    queue = list(todo.items())
-    running: dict[Any, tuple[str, str]] = {}
-    done: dict[str, dict] = {}
-    failed: dict[str, str] = {}
-    while queue or running:
-        while queue and len(running) < limit:
-            task, child = queue.pop(0)
-            job_id = find_interrupted_child(task, spec_hash(child))
-            if job_id:
-                step = records.last_checkpoint_step(job_id)
-                log(f"[ldp] {task}: resuming interrupted job {job_id} from its step-{step} checkpoint")
-                records.reopen_job(job_id)
-            else:
-                job_id = f"{parent}-{task}"
-                records.create_job(child, job_id=job_id, label=task)
-            ref = run_child.options(name=f"adapter:{task}", runtime_env={"env_vars": _child_env()}).remote(job_id, child)
-            running[ref] = (task, job_id)
-            progress.set(task, state="running", job=job_id)
-        ready, _ = ray.wait(list(running), num_returns=1)
-        for ref in ready:
-            task, job_id = running.pop(ref)
-            try:
-                result = ray.get(ref)
-            except Exception as exc:  # noqa: BLE001 - any child failure is reported, others go on
-                error = _child_error(job_id, exc)
-                failed[task] = error
-                progress.set(task, state="FAILED", metric=error[:80])
-                continue
-            done[task] = result
+    def on_done(task, job_id: str, result: dict | None, error: str | None) -> None:
+        if error is not None:
+            progress.set(task, state="FAILED", metric=error[:80])
+        else:
             progress.set(task, state="trained", metric=_metric_text(result), ref=result.get("ref", ""))
-    return done, failed
 
-
-def _child_error(job_id: str, exc: BaseException) -> str:
-    from ldp.jobs import records
-
-    try:
-        error = records.get_job(job_id).error
-    except Exception:  # noqa: BLE001
-        error = None
-    if error:
-        return error
-    cause = getattr(exc, "cause", None) or exc
-    text = str(cause).strip().splitlines()
-    return text[-1] if text else type(cause).__name__
+    limit = min(spec.max_parallel or 10**6, worker_group_slots(spec.workers))
+    log(f"[ldp] {len(todo)} adapter job(s), at most {limit} at once")
+    return run_children(
+        list(todo.items()), limit=limit, workers=spec.workers, open_job=open_job,
+        ray_name=lambda task: f"adapter:{task}",
+        on_start=lambda task, job_id: progress.set(task, state="running", job=job_id), on_done=on_done,
+    )
 
 
 def execute(spec_dict: dict[str, Any], job_id: str, *, log=print) -> dict[str, Any]:

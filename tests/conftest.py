@@ -43,6 +43,18 @@ _RAY_TEST_DIRS = {"jobs", "cluster", "serve"}
 """Test folders whose tests start Ray (embedded clusters, ``ldp cluster up`` heads, Serve)."""
 
 
+def pytest_configure(config):
+    """Under pytest-xdist each worker's in-process torch gets one thread. Two workers share a
+    2-core machine, and the Ray worker's trials already take one core each (Ray gives its
+    workers ``OMP_NUM_THREADS=1``); torch's default of one thread per core in both workers would
+    put twice as many busy threads as cores on the machine, and time-sliced collectives and
+    Ray daemons suffer most from that."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (``-n 2 --dist loadgroup`` in ``pyproject.toml``) every test that starts
     Ray goes to one worker and runs there one after another, while the other worker takes the

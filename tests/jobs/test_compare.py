@@ -40,6 +40,7 @@ def test_summary_averages_and_percent_of_full():
         (["--split", "dev"], "split"),
         (["--set", "loop.batch_size=0"], "batch_size"),
         (["--json", "/no/such/folder/x.json"], "--json"),
+        (["--max-parallel", "0"], "max_parallel"),
     ],
 )
 def test_bad_input_exits_2_before_any_ray_work(args, needle, capsys, monkeypatch):

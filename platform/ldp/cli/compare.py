@@ -1,7 +1,7 @@
 """``ldp compare``: every method on every task under one budget, as the paper's Table 7.
 
 Each cell is an ordinary adapter job (``ldp status``/``ldp logs`` work on ``<id>-<task>-<method>``)
-and lands in the registry; a rerun reuses every cell already published for the same resolved
+and lands in the registry; cells train side by side, as many as the cluster places; a rerun reuses every cell already published for the same resolved
 spec (``--retrain`` forces new runs).
 """
 
@@ -34,6 +34,7 @@ def compare(
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Data mirror (default LDP_DATA_DIR, else the hub)."),
     registry: Optional[str] = typer.Option(None, "--registry", help="Registry URL (default LDP_REGISTRY or ~/.ldp/registry)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster (default RAY_ADDRESS, else an embedded local Ray)."),
+    max_parallel: Optional[int] = typer.Option(None, "--max-parallel", help="At most K cells train at once (default: what the cluster places; 1 gives timings of cells run alone)."),
     retrain: bool = typer.Option(False, "--retrain", help="Train every cell even when an adapter for the same spec exists."),
     sets: list[str] = typer.Option([], "--set", help="Recipe override for every cell: --set loop.batch_size=8, --set optim.lr=1e-3."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the result (rows, summary) as JSON here."),
@@ -55,6 +56,7 @@ def compare(
         "tasks": _split(tasks), "methods": _split(methods), "steps": steps, "size": size,
         "base": base, "split": split, "eval_limit": eval_limit, "registry": registry,
         "data_dir": data_dir or os.environ.get("LDP_DATA_DIR") or None, "retrain": retrain or None,
+        "max_parallel": max_parallel,
     }
     data = {k: v for k, v in explicit.items() if v is not None}
     overrides = {f"train.{k}": v for k, v in cfgmod.parse_overrides(sets).items()}

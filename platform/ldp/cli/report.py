@@ -45,6 +45,7 @@ def report(
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster host:port (default RAY_ADDRESS, else an embedded local Ray)."),
     reuse: bool = typer.Option(True, "--reuse/--retrain", help="Reuse runs published for the same resolved job spec (default), or train them again."),
     published_only: bool = typer.Option(False, "--published-only", help="Train nothing: build the report from runs already in the registry."),
+    max_parallel: Optional[int] = typer.Option(None, "--max-parallel", help="At most K runs train at once (default: what the cluster places)."),
     sets: list[str] = typer.Option([], "--set", help="Override: --set steps=20, --set ablations.ranks=[8,64], --set loop.batch_size=8 (recipe keys)."),
 ) -> None:
     """Train (or reuse) every run the report needs; write REPORT.md, results.json and figures."""
@@ -64,6 +65,7 @@ def report(
         "out": out, "sections": parse_sections(sections) if sections is not None else None, "size": size, "base": base, "registry": registry,
         "data_dir": data_dir or os.environ.get("LDP_DATA_DIR") or None,
         "retrain": True if not reuse else None, "published_only": published_only or None,
+        "max_parallel": max_parallel,
         "source": str(config) if config is not None else None,
     }
     data = _spec(config, sets, explicit)
