@@ -37,8 +37,11 @@ __all__ = ["execute", "find_interrupted_child", "find_published_adapter", "publi
 
 
 def find_published_adapter(reg, task: str, method: str, want: str) -> str | None:
-    """The newest ``adapters/<task>/<method>@N`` whose resolved job spec hashes to ``want``:
-    from its registry metadata (``spec_hash``) or recomputed from its ``job_spec.yaml``."""
+    """The newest ``adapters/<task>/<method>@N`` published for a job spec that hashes to
+    ``want``: by the ``spec_hash`` in its registry metadata, else recomputed from the
+    ``job_spec.yaml`` it was published with (so adapters published before a change to how the
+    hash is computed still count). An adapter the router job fine-tuned (metadata hash
+    ``tuned-...``) is never the plain adapter of any spec."""
     import yaml
 
     from ldp.errors import NotFoundError
@@ -50,12 +53,15 @@ def find_published_adapter(reg, task: str, method: str, want: str) -> str | None
         return None
     for info in sorted(versions, key=lambda v: -int(v.ref.version)):
         manifest = reg.open_manifest(info.ref)
-        found = (manifest.metadata or {}).get("spec_hash")
-        if found is None and "job_spec.yaml" in manifest.files:
-            try:
-                found = spec_hash(yaml.safe_load(reg.read_bytes(info.ref, "job_spec.yaml")) or {})
-            except Exception:  # noqa: BLE001 - an unreadable old spec just does not match
-                found = None
+        stored = (manifest.metadata or {}).get("spec_hash")
+        if stored == want:
+            return str(info.ref)
+        if str(stored or "").startswith("tuned-") or "job_spec.yaml" not in manifest.files:
+            continue
+        try:
+            found = spec_hash(yaml.safe_load(reg.read_bytes(info.ref, "job_spec.yaml")) or {})
+        except Exception:  # noqa: BLE001 - an unreadable old spec just does not match
+            found = None
         if found == want:
             return str(info.ref)
     return None

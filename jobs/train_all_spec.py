@@ -98,10 +98,32 @@ class PipelineSpec:
 
 def spec_hash(data: dict[str, Any]) -> str:
     """sha256 (first 16 hex) of a resolved job spec, ignoring fields that do not change its
-    result (:data:`_RESULT_NEUTRAL`)."""
+    result (:data:`_RESULT_NEUTRAL`).
+
+    For an adapter job the recipe overrides (``train``) are replaced by the recipe config they
+    resolve to, defaults filled in: a spec that writes a default out (``eval.limit: 200``, as
+    ``ldp compare`` does) and one that leaves it implicit (as ``ldp submit`` does) describe the
+    same run and hash the same. A spec the recipe no longer accepts hashes its overrides as
+    written (it then matches nothing new)."""
     plain = {k: v for k, v in to_dict(data).items() if k not in _RESULT_NEUTRAL}
+    if plain.get("kind", "adapter") == "adapter" and "task" in plain:
+        resolved = _resolved_train(data)
+        if resolved is not None:
+            plain["train"] = resolved
     text = json.dumps(plain, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _resolved_train(data: dict[str, Any]) -> dict[str, Any] | None:
+    """The adapter recipe config of an adapter job spec, minus where things are stored."""
+    from ldp.jobs.spec import JobSpec, train_config
+
+    try:
+        spec = build(JobSpec, {k: v for k, v in to_dict(data).items() if k != "kind"}, where="job")
+        config = train_config(spec, spec.base)
+    except Exception:  # noqa: BLE001 - an old or invalid spec hashes as written
+        return None
+    return {k: v for k, v in config.items() if k not in ("registry", "data_dir")}
 
 
 def child_spec(spec: PipelineSpec, task: str, base: str | None = None) -> dict[str, Any]:

@@ -65,6 +65,20 @@ def test_spec_hash_ignores_where_and_how_often_but_not_what():
     assert spec_hash(a) != spec_hash({**a, "train": {"x": 2}})
 
 
+def test_spec_hash_of_an_adapter_job_sees_defaults_written_out_as_the_same_run():
+    """``ldp compare`` writes the evaluation defaults into each cell's spec, ``ldp submit`` and
+    ``train-all`` leave them implicit: the same run must hash the same, or nothing is reused."""
+    from ldp.jobs.train_all_spec import spec_hash
+
+    implicit = {"kind": "adapter", "task": "sst2", "method": "lora-diffusion", "base": "bases/tiny@1",
+                "steps": 300, "train": {}}
+    explicit = {**implicit, "train": {"eval": {"split": "validation", "limit": 200}, "loop": {"max_steps": 300}}}
+    assert spec_hash(implicit) == spec_hash(explicit)
+    assert spec_hash(implicit) != spec_hash({**implicit, "train": {"eval": {"limit": 100}}})
+    assert spec_hash(implicit) != spec_hash({**implicit, "train": {"optim": {"lr": 1e-4}}})
+    assert spec_hash(implicit) != spec_hash({**implicit, "method": "weight-lora"})
+
+
 def _kill_tree(proc: subprocess.Popen) -> None:
     """SIGKILL the pipeline and every process it started (its embedded Ray included)."""
     import psutil
