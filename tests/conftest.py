@@ -55,12 +55,17 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (``-n 2 --dist loadgroup`` in ``pyproject.toml``) every test that starts
     Ray goes to one worker and runs there one after another, while the other worker takes the
     rest. Two local Ray clusters at once on a 2-core machine starve each other's daemons (Ray
     gives a starting node 30 s), and the drills that kill a head or count a session's processes
-    assume theirs is the only Ray on the machine."""
+    assume theirs is the only Ray on the machine.
+
+    ``tryfirst``: xdist's worker turns the marker into the ``@ray`` suffix of the node id (which is
+    what ``loadgroup`` schedules by) in its own ``pytest_collection_modifyitems``; the marker must
+    be on the items before that runs, or the group is silently ignored."""
     tests = REPO / "tests"
     for item in items:
         path = Path(str(item.fspath))
