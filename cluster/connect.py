@@ -19,6 +19,9 @@ under LDP's cache, where DeepSpeed JIT-builds its CPU communication op once. For
 cluster this machine's cache path means nothing to its nodes, so ``TORCH_EXTENSIONS_DIR`` is
 passed only when set explicitly (``TORCH_EXTENSIONS_DIR`` or ``LDP_CACHE``).
 
+An embedded cluster's workers also get ``RAY_API_SERVER_ADDRESS`` (its own dashboard), so that
+Ray's internal state-API lookups find this cluster and not another Ray on the same machine.
+
 Token auth: a head started by ``ldp cluster up`` with token auth is recognised by its address,
 and ``RAY_AUTH_MODE=token`` is set for this process so the driver and the Jobs client send the
 token from ``~/.ray/auth_token``. For other clusters set ``RAY_AUTH_MODE`` / ``RAY_AUTH_TOKEN``
@@ -32,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlparse
 
+from ldp.cluster.ports import preferred_port
 from ldp.errors import LdpError, UsageError, first_line
 from ldp.paths import cache_dir
 
@@ -219,12 +223,25 @@ def connect(
         cpus = num_cpus if num_cpus is not None else (os.cpu_count() or 1)
         if cpus < 1:
             raise UsageError(f"--num-cpus must be >= 1, got {cpus}")
+        dashboard: dict[str, Any] = {}
+        if include_dashboard:
+            # Ray Train's helper actors (the placement-group cleaner, the state actor) look their
+            # cluster up through the state API with no address; with a second Ray on the machine
+            # that lookup fails ("Found multiple active Ray instances"), the cleaner thread dies
+            # and a stopped trial's placement group is never freed (a sweep then waits forever
+            # for CPUs). Pinning the dashboard port lets every worker be told its own API server.
+            from ray._private.ray_constants import DEFAULT_DASHBOARD_PORT
+
+            port = preferred_port(DEFAULT_DASHBOARD_PORT)
+            dashboard = {"dashboard_port": port}
+            runtime_env = {"env_vars": {**env, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}
         try:
             info = ray.init(
                 address="local",
                 num_cpus=cpus,
                 include_dashboard=include_dashboard,
                 runtime_env=runtime_env,
+                **dashboard,
             )
         except Exception as exc:
             raise LdpError(f"could not start a local Ray: {first_line(exc)}") from exc

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ldp.cluster.ports import port_free, preferred_port
 from ldp.errors import LdpError, UsageError, first_line
 from ldp.paths import ldp_home
 
@@ -162,16 +163,6 @@ def running_head() -> HeadInfo | None:
     return head
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
-
-
 def _agent_port() -> int:
     """Ray's default port for a node's dashboard agent (HTTP; it serves the Jobs API's
     submissions), or a free one when another Ray on this machine holds it (an
@@ -179,11 +170,7 @@ def _agent_port() -> int:
     every submission with "No available agent"."""
     from ray._private.ray_constants import DEFAULT_DASHBOARD_AGENT_LISTEN_PORT as default
 
-    if _port_free(default):
-        return default
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("0.0.0.0", 0))
-        return s.getsockname()[1]
+    return preferred_port(default)
 
 
 def _port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -240,7 +227,7 @@ def start_head(
             "stop it with `ldp cluster down` first"
         )
     for flag, p in ports.items():
-        if not _port_free(p):
+        if not port_free(p):
             raise LdpError(f"port {p} ({flag}) is in use; pick another with {flag}")
 
     env = dict(os.environ)

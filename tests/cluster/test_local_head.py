@@ -194,6 +194,7 @@ def test_agent_port_moves_off_ray_default_when_another_ray_holds_it():
     from ray._private.ray_constants import DEFAULT_DASHBOARD_AGENT_LISTEN_PORT as default
 
     from ldp.cluster import local
+    from ldp.cluster.ports import port_free
 
     holder = socket.socket()
     try:
@@ -203,6 +204,6 @@ def test_agent_port_moves_off_ray_default_when_another_ray_holds_it():
         pass  # already held by some other process: the same situation
     try:
         port = local._agent_port()
-        assert port != default and local._port_free(port)
+        assert port != default and port_free(port)
     finally:
         holder.close()

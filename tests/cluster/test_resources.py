@@ -237,6 +237,75 @@ def test_workers_get_the_ldp_environment(local_ray):
 
 
 @pytest.mark.slow
+def test_state_api_in_workers_finds_this_cluster_beside_another_ray(local_ray, in_ray_home):
+    """Ray Train's placement-group cleaner and state actor call the state API with no address
+    from inside workers. With a second Ray on the machine Ray's own lookup gives up ("Found
+    multiple active Ray instances"), the cleaner dies and a stopped trial's placement group is
+    never freed; each embedded cluster's workers are therefore told their own API server."""
+    import subprocess
+    import sys
+    import time
+
+    import ray
+
+    from .conftest import subprocess_env
+
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import ray, time; ray.init(num_cpus=1, include_dashboard=False); "
+                               "print('up', flush=True); time.sleep(300)"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=subprocess_env(in_ray_home),
+    )
+    try:
+        assert other.stdout.readline().strip() == "up"
+
+        @ray.remote(num_cpus=0)
+        def my_actors() -> tuple[str, list[str]]:
+            from ray.util.state import list_actors
+
+            return os.environ.get("RAY_API_SERVER_ADDRESS", ""), [a.class_name for a in list_actors()]
+
+        @ray.remote(num_cpus=0)
+        class Marker:
+            def ping(self) -> bool:
+                return True
+
+        @ray.remote(num_cpus=0)
+        def lookup_without_the_address() -> str:
+            from ray.util.state import list_actors
+
+            saved = os.environ.pop("RAY_API_SERVER_ADDRESS", None)
+            try:
+                list_actors()
+            except ConnectionError as exc:
+                return str(exc)
+            finally:  # Ray reuses this worker process for the next task
+                if saved is not None:
+                    os.environ["RAY_API_SERVER_ADDRESS"] = saved
+            return "found"
+
+        # The situation is real: left to itself, Ray's lookup sees two clusters and gives up.
+        assert "multiple active Ray instances" in ray.get(lookup_without_the_address.remote(), timeout=120)
+
+        marker = Marker.remote()
+        ray.get(marker.ping.remote(), timeout=60)
+        deadline = time.monotonic() + 30
+        while True:  # the state API lists an actor a moment after it starts
+            address, names = ray.get(my_actors.remote(), timeout=120)
+            if any(n.endswith("Marker") for n in names) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert address == local_ray.dashboard_url.rstrip("/")
+        assert any(n.endswith("Marker") for n in names), names
+    finally:
+        other.terminate()  # Ray's SIGTERM handler in that driver stops its cluster
+        try:
+            other.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            other.kill()
+            other.wait(timeout=30)
+
+
+@pytest.mark.slow
 def test_check_fits_against_real_ray(local_ray):
     _wait_free_cpus(2)
     with pytest.raises(
