@@ -42,10 +42,7 @@ def find_published_adapter(reg, task: str, method: str, want: str) -> str | None
     ``job_spec.yaml`` it was published with (so adapters published before a change to how the
     hash is computed still count). An adapter the router job fine-tuned (metadata hash
     ``tuned-...``) is never the plain adapter of any spec."""
-    import yaml
-
     from ldp.errors import NotFoundError
-    from ldp.jobs.train_all_spec import spec_hash
 
     try:
         versions = reg.ls(f"adapters/{task}/{method}")
@@ -58,13 +55,28 @@ def find_published_adapter(reg, task: str, method: str, want: str) -> str | None
             return str(info.ref)
         if str(stored or "").startswith("tuned-") or "job_spec.yaml" not in manifest.files:
             continue
-        try:
-            found = spec_hash(yaml.safe_load(reg.read_bytes(info.ref, "job_spec.yaml")) or {})
-        except Exception:  # noqa: BLE001 - an unreadable old spec just does not match
-            found = None
-        if found == want:
+        if _published_hash(reg, str(info.ref)) == want:
             return str(info.ref)
     return None
+
+
+_HASHES: dict[tuple[str, str], str | None] = {}
+"""Spec hashes recomputed from published ``job_spec.yaml`` files, by (registry, ref): a published
+version never changes, and a grid looks every version up once per cell."""
+
+
+def _published_hash(reg, ref: str) -> str | None:
+    import yaml
+
+    from ldp.jobs.train_all_spec import spec_hash
+
+    key = (reg.url, ref)
+    if key not in _HASHES:
+        try:
+            _HASHES[key] = spec_hash(yaml.safe_load(reg.read_bytes(ref, "job_spec.yaml")) or {})
+        except Exception:  # noqa: BLE001 - an unreadable old spec just does not match
+            _HASHES[key] = None
+    return _HASHES[key]
 
 
 def find_interrupted_child(task: str, want: str) -> str | None:
