@@ -73,7 +73,8 @@ def _published_hash(reg, ref: str) -> str | None:
     key = (reg.url, ref)
     if key not in _HASHES:
         try:
-            _HASHES[key] = spec_hash(yaml.safe_load(reg.read_bytes(ref, "job_spec.yaml")) or {})
+            ran_on = (reg.open_manifest(ref).base or {}).get("ref")
+            _HASHES[key] = spec_hash(yaml.safe_load(reg.read_bytes(ref, "job_spec.yaml")) or {}, ran_on=ran_on)
         except Exception:  # noqa: BLE001 - an unreadable old spec just does not match
             _HASHES[key] = None
     return _HASHES[key]

@@ -96,22 +96,35 @@ class PipelineSpec:
         return self.name or f"{self.size}-{self.method}"
 
 
-def spec_hash(data: dict[str, Any]) -> str:
+def spec_hash(data: dict[str, Any], *, ran_on: str | None = None) -> str:
     """sha256 (first 16 hex) of a resolved job spec, ignoring fields that do not change its
     result (:data:`_RESULT_NEUTRAL`).
 
     For an adapter job the recipe overrides (``train``) are replaced by the recipe config they
     resolve to, defaults filled in: a spec that writes a default out (``eval.limit: 200``, as
     ``ldp compare`` does) and one that leaves it implicit (as ``ldp submit`` does) describe the
-    same run and hash the same. A spec the recipe no longer accepts hashes its overrides as
-    written (it then matches nothing new)."""
-    plain = {k: v for k, v in to_dict(data).items() if k not in _RESULT_NEUTRAL}
+    same run and hash the same. ``steps`` is then part of that config (``loop.max_steps``), so
+    ``steps: null`` and the recipe's default number hash alike. ``ran_on`` is the concrete base a
+    published job trained on (its manifest's base ref): it stands for an unpinned ``base`` (none,
+    or ``@latest``), so the README's ``ldp submit`` and a ``compare`` cell pinned to the base
+    that ``@latest`` was then describe the same run. A spec the recipe no longer accepts hashes
+    its overrides as written (it then matches nothing new)."""
+    data = to_dict(data)
+    if ran_on and _unpinned(data.get("base")):
+        data = {**data, "base": ran_on}
+    plain = {k: v for k, v in data.items() if k not in _RESULT_NEUTRAL}
     if plain.get("kind", "adapter") == "adapter" and "task" in plain:
         resolved = _resolved_train(data)
         if resolved is not None:
             plain["train"] = resolved
+            plain.pop("steps", None)
     text = json.dumps(plain, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _unpinned(base: Any) -> bool:
+    """A base that names no version: none (``bases/<size>@latest``) or an ``@latest`` ref."""
+    return not base or (isinstance(base, str) and base.startswith("bases/") and base.endswith("@latest"))
 
 
 def _resolved_train(data: dict[str, Any]) -> dict[str, Any] | None:

@@ -79,6 +79,24 @@ def test_spec_hash_of_an_adapter_job_sees_defaults_written_out_as_the_same_run()
     assert spec_hash(implicit) != spec_hash({**implicit, "method": "weight-lora"})
 
 
+def test_the_readme_submit_and_a_compare_cell_on_the_base_it_ran_on_hash_alike():
+    """The README's ``ldp submit`` leaves base and steps unset (``@latest``, the recipe's 300);
+    a ``compare`` cell pins the base that ``@latest`` resolved to and writes 300 out. Published on
+    that base, the first is the second's run and must be reused, not retrained."""
+    from ldp.jobs.train_all_spec import spec_hash
+
+    readme = {"kind": "adapter", "task": "sst2", "size": "tiny", "method": "lora-diffusion",
+              "base": None, "steps": None, "auto_base": True, "train": {}}
+    cell = {**readme, "base": "bases/tiny@1", "steps": 300,
+            "train": {"eval": {"split": "validation", "limit": 200}}}
+    assert spec_hash(readme, ran_on="bases/tiny@1") == spec_hash(cell)
+    assert spec_hash(readme, ran_on="bases/tiny@2") != spec_hash(cell)
+    assert spec_hash(readme) != spec_hash(cell)  # where it ran is unknown: no match
+    assert spec_hash({**readme, "steps": 200}, ran_on="bases/tiny@1") != spec_hash(cell)
+    # A pinned base is what the job asked for; where it ran does not rename it.
+    assert spec_hash({**cell, "base": "bases/tiny@2"}, ran_on="bases/tiny@1") != spec_hash(cell)
+
+
 def _kill_tree(proc: subprocess.Popen) -> None:
     """SIGKILL the pipeline and every process it started (its embedded Ray included)."""
     import psutil
