@@ -55,7 +55,7 @@ def find_published_adapter(reg, task: str, method: str, want: str) -> str | None
             return str(info.ref)
         if str(stored or "").startswith("tuned-") or "job_spec.yaml" not in manifest.files:
             continue
-        if _published_hash(reg, str(info.ref)) == want:
+        if _published_hash(reg, str(info.ref), (manifest.base or {}).get("ref")) == want:
             return str(info.ref)
     return None
 
@@ -65,7 +65,9 @@ _HASHES: dict[tuple[str, str], str | None] = {}
 version never changes, and a grid looks every version up once per cell."""
 
 
-def _published_hash(reg, ref: str) -> str | None:
+def _published_hash(reg, ref: str, ran_on: str | None) -> str | None:
+    """The spec hash of the ``job_spec.yaml`` published with ``ref``, which trained on the base
+    ``ran_on`` (its manifest's base ref)."""
     import yaml
 
     from ldp.jobs.train_all_spec import spec_hash
@@ -73,7 +75,6 @@ def _published_hash(reg, ref: str) -> str | None:
     key = (reg.url, ref)
     if key not in _HASHES:
         try:
-            ran_on = (reg.open_manifest(ref).base or {}).get("ref")
             _HASHES[key] = spec_hash(yaml.safe_load(reg.read_bytes(ref, "job_spec.yaml")) or {}, ran_on=ran_on)
         except Exception:  # noqa: BLE001 - an unreadable old spec just does not match
             _HASHES[key] = None

@@ -123,8 +123,17 @@ def spec_hash(data: dict[str, Any], *, ran_on: str | None = None) -> str:
 
 
 def _unpinned(base: Any) -> bool:
-    """A base that names no version: none (``bases/<size>@latest``) or an ``@latest`` ref."""
-    return not base or (isinstance(base, str) and base.startswith("bases/") and base.endswith("@latest"))
+    """A base that names no version: none (``bases/<size>@latest``), ``@latest`` or an alias.
+    A folder is pinned (it is what it is)."""
+    from ldp.store.refs import parse_ref
+
+    if not base:
+        return True
+    try:
+        ref = parse_ref(base)
+    except UsageError:  # a folder, not a registry reference
+        return False
+    return ref.kind == "bases" and not ref.concrete
 
 
 def _resolved_train(data: dict[str, Any]) -> dict[str, Any] | None:
