@@ -282,13 +282,15 @@ def _router(spec, base: str, adapters: dict[str, str], parent: str, reg, progres
 
 def _compare(spec, adapters: dict[str, str], base: str, router: str, log) -> dict[str, Any] | None:
     from ldp.evaluation.composition import compare, load_bundle
+    from ldp.jobs.train_all_spec import comparison_eval_settings
 
     with tempfile.TemporaryDirectory(prefix="ldp-bundle-") as tmp:
         folder = Path(tmp)
         (folder / "bundle.json").write_text(json.dumps({"base": {"ref": base}, "adapters": adapters, "router": router}))
         bundle = load_bundle(str(folder), spec.registry)
     log(f"[ldp] evaluating the composition on {len(adapters)} task(s) (router, uniform, oracle, base)")
-    return compare(bundle, list(adapters), data_dir=spec.data_dir, limit=spec.eval_limit, log=lambda m: log(f"[ldp]   {m}"))
+    return compare(bundle, list(adapters), data_dir=spec.data_dir, limit=spec.eval_limit,
+                   log=lambda m: log(f"[ldp]   {m}"), **comparison_eval_settings(spec, base))
 
 
 def _headline(comparison: dict[str, Any] | None) -> dict[str, float]:

@@ -20,6 +20,7 @@ from ldp.errors import UsageError
 __all__ = [
     "PipelineSpec",
     "child_spec",
+    "comparison_eval_settings",
     "router_job_spec",
     "spec_hash",
     "validate_pipeline",
@@ -162,6 +163,22 @@ def child_spec(spec: PipelineSpec, task: str, base: str | None = None) -> dict[s
     if spec.base_steps is not None:
         data["base_steps"] = spec.base_steps
     return to_dict(build(JobSpec, data, where="train-all"))
+
+
+def comparison_eval_settings(spec: PipelineSpec, base: str) -> dict[str, Any]:
+    """How the composition comparison scores each task: the adapter jobs' own evaluation
+    settings (mode, sampling steps, ELBO samples, batch, prompt budget, diffusion process), so
+    that its ``oracle`` column scores each adapter as its own job did. The split and the number
+    of examples stay the pipeline's (``eval_limit``)."""
+    from ldp.config import apply_overrides
+    from ldp.training.recipes.adapter import validate
+
+    cfg = validate(apply_overrides(dict(spec.train), {"method": spec.method, "base": base}))
+    ev = cfg.eval
+    return {
+        "mode": ev.mode, "steps": ev.steps, "elbo_samples": ev.elbo_samples,
+        "batch_size": ev.batch_size, "max_prompt_len": cfg.max_prompt_len, "diffusion": cfg.diffusion,
+    }
 
 
 def router_job_spec(spec: PipelineSpec, base: str, adapters: dict[str, str]) -> dict[str, Any]:

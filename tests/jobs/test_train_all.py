@@ -216,3 +216,21 @@ def test_a_rerun_resumes_an_interrupted_child_with_the_same_spec_from_its_checkp
     assert find_interrupted_child("gsm8k", want) is None  # a pending job is not picked twice
     with pytest.raises(UsageError, match="only a FAILED or STOPPED job"):
         records.reopen_job("p1-gsm8k")
+
+
+def test_the_composition_comparison_scores_as_the_adapter_jobs_did():
+    """Table 11's ``oracle`` column is each task's adapter alone: it must be scored with the
+    adapter jobs' own evaluation settings, not the evaluator's defaults, or it disagrees with
+    the metric each job published (and a generation task costs 100 sampling steps a token budget)."""
+    from ldp.jobs.train_all_spec import comparison_eval_settings, validate_pipeline
+    from ldp.training.recipes.adapter import AdapterConfig
+
+    spec = validate_pipeline({"size": "tiny", "tasks": ["sst2", "gsm8k"], "train": {
+        "eval": {"steps": 24, "elbo_samples": 8, "batch_size": 4}, "max_prompt_len": 96}})
+    kw = comparison_eval_settings(spec, "bases/tiny@1")
+    assert (kw["steps"], kw["elbo_samples"], kw["batch_size"], kw["max_prompt_len"]) == (24, 8, 4, 96)
+    assert kw["diffusion"] == AdapterConfig().diffusion  # task training's process, not the ELBO-weighted one
+
+    plain = comparison_eval_settings(validate_pipeline({"size": "tiny", "tasks": ["sst2"]}), "bases/tiny@1")
+    ev = AdapterConfig().eval
+    assert (plain["mode"], plain["steps"], plain["elbo_samples"]) == (ev.mode, ev.steps, ev.elbo_samples)
