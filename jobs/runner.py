@@ -1,19 +1,10 @@
 """Run a recipe as a Ray Train (V2) job with DeepSpeed: checkpoints, resume, failures, artifact.
 
-:func:`run_training` builds a ``ray.train.torch.TorchTrainer`` whose workers each
-
-1. build the recipe for their rank (:mod:`ldp.jobs.recipe`) and wrap it in a
-   :class:`~ldp.jobs.deepspeed_backend.DeepSpeedBackend`;
-2. resume from ``ray.train.get_checkpoint()`` when Ray hands one over (a restarted worker group,
-   or a rerun with the same job id) through ``Trainer.load_checkpoint`` — weights, optimiser,
-   schedule, RNGs, loader position and step, exactly;
-3. run :class:`ldp.training.trainer.Trainer`; every ``checkpoint_every`` steps each rank saves
-   its part (DeepSpeed shard + its own RNG/loader state in ``rank_<r>/``) into a temporary
-   folder and calls ``ray.train.report(metrics, checkpoint=..., checkpoint_dir_name="step_N")``
-   — a barrier; Ray merges the ranks' files into one checkpoint folder in storage;
-4. at the end gathers the trainable weights (collective under ZeRO-3) and rank 0 calls the
-   recipe's ``export`` into a folder reported as the last checkpoint (``artifact``), so
-   ``Result.checkpoint`` *is* the artifact.
+The driver side of a job. :func:`run_training` builds a ``ray.train.torch.TorchTrainer`` whose
+workers each run :func:`ldp.jobs.worker.train_worker` (build the recipe for their rank, resume
+from the checkpoint Ray hands over, train with a checkpoint every ``checkpoint_every`` steps,
+export the artifact). The last checkpoint reported is the recipe's exported artifact (named
+``artifact``), so ``Result.checkpoint`` *is* the artifact.
 
 Per-step metrics: rank 0 appends one JSON line per step to ``<storage>/<job_id>/metrics.jsonl``
 (plus ``{"event": "start"|"checkpoint"|"end", ...}`` lines), and prints a progress line every
@@ -33,20 +24,15 @@ per rank).
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import os
-import shutil
-import sys
 import tempfile
-import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ldp.errors import LdpError, UsageError
+from ldp.jobs.worker import ARTIFACT_DIR, is_local_fs, train_worker
 from ldp.paths import ldp_home
 
 __all__ = [
@@ -58,10 +44,6 @@ __all__ = [
     "worker_error_line",
 ]
 
-ARTIFACT_DIR = "artifact"
-"""``checkpoint_dir_name`` of the final report: the recipe's exported artifact."""
-_ARTIFACT_MARKER = "ldp_artifact.json"
-_LAST_METRICS = "last_metrics.json"
 
 
 @dataclass
@@ -155,7 +137,7 @@ def run_training(
         if os.environ.get("TORCH_EXTENSIONS_DIR"):
             env["TORCH_EXTENSIONS_DIR"] = os.environ["TORCH_EXTENSIONS_DIR"]
         trainer = TorchTrainer(
-            _train_worker,
+            train_worker,
             train_loop_config={
                 "recipe": recipe,
                 "config": config,
@@ -189,7 +171,7 @@ def run_training(
     ckpt = result.checkpoint
     if ckpt is None or Path(ckpt.path).name != ARTIFACT_DIR:
         raise LdpError(f"training job {job_id} finished without reporting its artifact")
-    local = _is_local(ckpt.filesystem)
+    local = is_local_fs(ckpt.filesystem)
     if local:
         out_dir = Path(ckpt.path)
     else:
@@ -239,12 +221,6 @@ def _one_line(err: BaseException) -> str:
     return f"{type(base).__name__}: {first}" if first else type(base).__name__
 
 
-def _is_local(fs: Any) -> bool:
-    import pyarrow.fs
-
-    return isinstance(fs, pyarrow.fs.LocalFileSystem)
-
-
 def _fs_and_path(storage_path: str, storage_filesystem: Any = None) -> tuple[Any, str]:
     import pyarrow.fs
 
@@ -285,243 +261,3 @@ def _dedupe_steps(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if "event" not in r and "step" in r:
             by_step[int(r["step"])] = r
     return [by_step[s] for s in sorted(by_step)]
-
-
-# ---------------------------------------------------------------------------------------------
-# Worker side
-# ---------------------------------------------------------------------------------------------
-class _MetricsLog:
-    """Rank 0's metrics file (see the module docstring); every record also gets a timestamp."""
-
-    def __init__(self, fs: Any, run_dir: str, attempt: str) -> None:
-        self.fs = fs
-        self.append = _is_local(fs)
-        self.path = f"{run_dir}/metrics.jsonl"
-        self.part = f"{run_dir}/metrics/{attempt}.jsonl"
-        self.lines: list[str] = []
-
-    def write(self, record: dict[str, Any]) -> None:
-        line = json.dumps({**record, "time": round(time.time(), 3)})
-        if self.append:
-            with self.fs.open_append_stream(self.path) as f:
-                f.write((line + "\n").encode())
-        else:
-            self.lines.append(line)
-
-    def flush(self) -> None:
-        if self.append or not self.lines:
-            return
-        self.fs.create_dir(self.part.rsplit("/", 1)[0])
-        with self.fs.open_output_stream(self.part) as f:
-            f.write(("\n".join(self.lines) + "\n").encode())
-
-
-def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for k, v in metrics.items():
-        if v is None or isinstance(v, (bool, str, int)):
-            out[k] = v
-        else:
-            f = float(v)
-            out[k] = f if math.isfinite(f) else None
-    return out
-
-
-def _fmt(metrics: dict[str, Any]) -> str:
-    return " ".join(
-        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
-    )
-
-
-_NOT_AVERAGED = frozenset({"step", "lr", "grad_norm"})
-
-
-def _mean_over_ranks(metrics: dict[str, float], world: int) -> dict[str, float]:
-    """Step metrics averaged over the data-parallel ranks (``lr``/``grad_norm`` are global).
-
-    One small all-reduce per step; the recipe's stats must have the same keys on every rank."""
-    if world == 1:
-        return dict(metrics)
-    import torch
-    import torch.distributed as dist
-
-    keys = sorted(k for k in metrics if k not in _NOT_AVERAGED)
-    values = torch.tensor(
-        [float(metrics[k]) for k in keys] + [float(len(keys))], dtype=torch.float64
-    )
-    dist.all_reduce(values)
-    if int(values[-1]) != len(keys) * world:
-        raise LdpError(f"ranks report different metrics at step {metrics.get('step')}: {keys}")
-    means = (values[:-1] / world).tolist()
-    return {**metrics, **dict(zip(keys, means))}
-
-
-def _train_worker(cfg: dict[str, Any]) -> None:
-    """``train_loop_per_worker``: runs in every Ray Train worker (see the module docstring)."""
-    import ray.train
-    import torch
-    from ldp.jobs.deepspeed_backend import DeepSpeedBackend
-    from ldp.jobs.recipe import load_recipe
-    from ldp.training.trainer import Trainer
-    from ray.train import Checkpoint
-
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    job_id, strategy = cfg["job_id"], cfg["strategy"]
-    main = rank == 0
-
-    def say(text: str) -> None:
-        # Straight to stdout: Ray Train patches print() into a logger that also echoes it,
-        # which would print every line twice in the job log.
-        if main:
-            sys.stdout.write(f"[ldp] {job_id}: {text}\n")
-            sys.stdout.flush()
-
-    warnings.filterwarnings(  # DeepSpeed calls these on every step; noise in the job log
-        "ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning
-    )
-
-    recipe = load_recipe(cfg["recipe"])
-    resume = ray.train.get_checkpoint()
-    if resume is not None and Path(resume.path).name == ARTIFACT_DIR:
-        # The run had finished (a rerun with the same job id): Result.checkpoint is the artifact.
-        say("already finished (its artifact is the latest checkpoint)")
-        return
-
-    built = recipe.build(cfg["config"], rank, world)
-    loop = dataclasses.replace(built.loop, checkpoint_every=int(cfg["checkpoint_every"]))
-    backend = DeepSpeedBackend(
-        built.model,
-        built.named_trainable,
-        built.loss_fn,
-        strategy=strategy,
-        loop=loop,
-        optim=built.optim,
-        overrides=cfg.get("deepspeed") or None,
-        on_gpu=bool(cfg.get("use_gpu")),
-    )
-
-    storage = ctx.get_storage()
-    log = (
-        _MetricsLog(
-            storage.storage_filesystem,
-            storage.experiment_fs_path,
-            f"attempt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
-        )
-        if main
-        else None
-    )
-    started = {"t": time.perf_counter(), "step": 0}
-    last: dict[str, Any] = {}
-    losses: list[float] = []  # this attempt's rank-mean losses (for train_loss)
-
-    def on_step(local: dict[str, float]) -> None:
-        metrics = _mean_over_ranks(local, world)  # collective: every rank runs on_step
-        local.update(metrics)  # the trainer's history and checkpoint reports get the means
-        last.clear()
-        last.update(metrics)
-        losses.append(float(metrics["loss"]))
-        if log is None:
-            return
-        log.write(_plain(metrics))
-        step = int(metrics["step"])
-        if (
-            step % max(1, loop.log_every) == 0
-            or step == loop.max_steps
-            or step == started["step"] + 1
-        ):
-            rate = (step - started["step"]) / max(1e-9, time.perf_counter() - started["t"])
-            extra = "".join(f" {k}={metrics[k]:.4f}" for k in ("val_loss",) if k in metrics)
-            say(
-                f"step {step}/{loop.max_steps} loss={metrics['loss']:.4f}{extra} "
-                f"lr={metrics['lr']:.2e} grad_norm={metrics['grad_norm']:.3f} ({rate:.2f} steps/s)"
-            )
-
-    def on_checkpoint(trainer: Trainer, metrics: dict[str, float]) -> None:
-        tmp = Path(tempfile.mkdtemp(prefix=f"ldp-ckpt-r{rank}-"))
-        try:
-            trainer.save_checkpoint(tmp)
-            if main:
-                (tmp / _LAST_METRICS).write_text(json.dumps(_plain(metrics)))
-            name = f"step_{trainer.step:06d}"
-            ray.train.report(
-                _plain(metrics),
-                checkpoint=Checkpoint.from_directory(str(tmp)),
-                checkpoint_dir_name=name,
-            )
-            # The report is a barrier, but Ray only *registers* the checkpoint when its
-            # controller next polls the workers; a worker killed before that poll loses it
-            # (then a restart would begin at step 0). Wait until it is committed.
-            ray.train.get_all_reported_checkpoints(
-                consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED
-            )
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if log is not None:
-            log.write({"event": "checkpoint", "step": trainer.step, "name": name})
-            log.flush()
-        say(f"checkpoint {name}")
-
-    trainer = Trainer(
-        built.model,
-        backend.loss_fn,
-        built.train_loader,
-        loop=loop,
-        trainable=list(built.named_trainable.values()),
-        val_batches=built.val_batches,
-        backend=backend,
-        on_step=on_step,
-        on_checkpoint=on_checkpoint,
-        progress=False,
-        is_main=main,
-        state_subdir=None if main else f"rank_{rank}",
-    )
-    if rank:  # independent noise per rank (the data is sharded; the noise must not repeat)
-        trainer.generator.manual_seed(loop.seed + 1_000_003 * rank)
-        torch.manual_seed(loop.seed + 1_000_003 * rank)
-    if resume is not None:
-        with resume.as_directory() as d:
-            trainer.load_checkpoint(Path(d))
-            saved = Path(d) / _LAST_METRICS
-            if saved.is_file():
-                last.update(json.loads(saved.read_text()))
-    started.update(t=time.perf_counter(), step=trainer.step)
-    if log is not None:
-        log.write(
-            {"event": "start", "step": trainer.step, "world_size": world, "strategy": strategy}
-        )
-    say(
-        f"{'resumed at' if trainer.step else 'starting'} step {trainer.step}/{loop.max_steps} "
-        f"on {world} worker(s), strategy {strategy} (ZeRO stage {backend.stage})"
-    )
-
-    trainer.train()
-    state = backend.consolidated_trainable_state()  # collective under ZeRO-3
-    final: dict[str, Any] = {k: v for k, v in last.items() if k != "step"}
-    final["step"] = trainer.step
-    if losses:
-        tail = losses[-max(1, loop.log_every) :]
-        final["train_loss"] = sum(tail) / len(tail)
-    final = _plain(final)
-    if log is not None:
-        log.write({"event": "end", "step": trainer.step})
-        log.flush()
-
-    if main:
-        out = Path(tempfile.mkdtemp(prefix="ldp-artifact-"))
-        try:
-            recipe.export(built, state, out)
-            (out / _ARTIFACT_MARKER).write_text(
-                json.dumps({"job_id": job_id, "step": trainer.step, "metrics": final})
-            )
-            ray.train.report(
-                final,
-                checkpoint=Checkpoint.from_directory(str(out)),
-                checkpoint_dir_name=ARTIFACT_DIR,
-            )
-        finally:
-            shutil.rmtree(out, ignore_errors=True)
-        say(f"done at step {trainer.step}: " + _fmt(final))
-    else:
-        ray.train.report(final, checkpoint=None)
-    sys.stdout.flush()

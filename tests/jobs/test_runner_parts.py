@@ -9,7 +9,8 @@ import pytest
 import torch
 from ldp.errors import LdpError
 from ldp.jobs.deepspeed_backend import _to_device, deep_merge
-from ldp.jobs.runner import _dedupe_steps, _MetricsLog, read_metrics, worker_error_line
+from ldp.jobs.runner import _dedupe_steps, read_metrics, worker_error_line
+from ldp.jobs.worker import MetricsLog
 
 from .conftest import HERE
 
@@ -51,13 +52,13 @@ def test_metrics_on_storage_without_append_go_to_per_attempt_files():
     mem = fsspec.filesystem("memory")
     mem.store.clear()
     fs = PyFileSystem(FSSpecHandler(mem))
-    log = _MetricsLog(fs, "/bucket/runs/job-1", "attempt-1")
+    log = MetricsLog(fs, "/bucket/runs/job-1", "attempt-1")
     assert not log.append
     log.write({"event": "start", "step": 0})
     log.write({"step": 1, "loss": 2.0})
     log.write({"step": 2, "loss": 1.5})
     log.flush()
-    log2 = _MetricsLog(fs, "/bucket/runs/job-1", "attempt-2")
+    log2 = MetricsLog(fs, "/bucket/runs/job-1", "attempt-2")
     log2.write({"event": "start", "step": 1})
     log2.write({"step": 2, "loss": 1.4})
     log2.flush()
@@ -69,7 +70,7 @@ def test_metrics_on_storage_without_append_go_to_per_attempt_files():
 def test_metrics_on_local_storage_are_appended(tmp_path):
     from pyarrow.fs import LocalFileSystem
 
-    log = _MetricsLog(LocalFileSystem(), str(tmp_path / "job-2"), "attempt-1")
+    log = MetricsLog(LocalFileSystem(), str(tmp_path / "job-2"), "attempt-1")
     (tmp_path / "job-2").mkdir()
     log.write({"step": 1, "loss": 1.0})
     assert (tmp_path / "job-2" / "metrics.jsonl").read_text().count("\n") == 1  # at once
