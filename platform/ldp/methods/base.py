@@ -36,6 +36,7 @@ from torch import nn
 
 from ldp.config import build, to_dict
 from ldp.errors import IntegrityError, LdpError, UsageError
+from ldp.models.denoiser import DenoiserAttributes
 
 __all__ = [
     "ADAPTER_CONFIG_NAME",
@@ -197,30 +198,13 @@ def read_adapter_config(folder: str | Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the model
 
 
-class OnABase(nn.Module):
+class OnABase(DenoiserAttributes, nn.Module):
     """A module wrapping a base denoiser ``self.base``: the Denoiser attributes are the base's."""
 
     base: nn.Module
 
-    @property
-    def mask_token_id(self) -> int:
-        return self.base.mask_token_id
-
-    @property
-    def pad_token_id(self) -> int:
-        return self.base.pad_token_id
-
-    @property
-    def eos_token_id(self) -> int:
-        return self.base.eos_token_id
-
-    @property
-    def vocab_size(self) -> int:
-        return self.base.vocab_size
-
-    @property
-    def hidden_size(self) -> int:
-        return self.base.hidden_size
+    def _attribute_source(self) -> nn.Module:
+        return self.base
 
 
 class AdaptedModel(OnABase):

@@ -19,12 +19,12 @@ Conventions shared by every implementation:
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
-__all__ = ["Denoiser", "BlockParts", "position_ids"]
+__all__ = ["Denoiser", "DenoiserAttributes", "BlockParts", "position_ids"]
 
 
 def position_ids(attention_mask: torch.Tensor | None, batch: int, length: int,
@@ -51,6 +51,35 @@ class BlockParts(Protocol):
     o: str
     attention: str
     ffn: str
+
+
+
+class DenoiserAttributes:
+    """The five attributes of :class:`Denoiser`, read off one object: a backbone reads them
+    from its config, a wrapper (an adapted model, a composition) from the base it wraps."""
+
+    def _attribute_source(self) -> Any:
+        raise NotImplementedError
+
+    @property
+    def mask_token_id(self) -> int:
+        return self._attribute_source().mask_token_id
+
+    @property
+    def pad_token_id(self) -> int:
+        return self._attribute_source().pad_token_id
+
+    @property
+    def eos_token_id(self) -> int:
+        return self._attribute_source().eos_token_id
+
+    @property
+    def vocab_size(self) -> int:
+        return self._attribute_source().vocab_size
+
+    @property
+    def hidden_size(self) -> int:
+        return self._attribute_source().hidden_size
 
 
 @runtime_checkable

@@ -42,7 +42,7 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ldp.errors import UsageError
-from ldp.models.denoiser import position_ids
+from ldp.models.denoiser import DenoiserAttributes, position_ids
 
 __all__ = [
     "MODEL_TYPE",
@@ -456,7 +456,7 @@ def realign_parameters(module: nn.Module, alignment: int = 64) -> int:
 # --------------------------------------------------------------------------- the model
 
 
-class DiffusionTransformer(PreTrainedModel):
+class DiffusionTransformer(DenoiserAttributes, PreTrainedModel):
     """The native masked-diffusion denoiser; implements ``ldp.models.denoiser.Denoiser``."""
 
     config: DiffusionTransformerConfig
@@ -518,25 +518,8 @@ class DiffusionTransformer(PreTrainedModel):
         return self.lm_head
 
     # -- Denoiser attributes
-    @property
-    def mask_token_id(self) -> int:
-        return self.config.mask_token_id
-
-    @property
-    def pad_token_id(self) -> int:
-        return self.config.pad_token_id
-
-    @property
-    def eos_token_id(self) -> int:
-        return self.config.eos_token_id
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def hidden_size(self) -> int:
-        return self.config.hidden_size
+    def _attribute_source(self) -> PreTrainedConfig:
+        return self.config
 
     # -- Denoiser methods
     def hidden_states(

@@ -52,7 +52,7 @@ from transformers import (
 from transformers import initialization as init
 
 from ldp.errors import LdpError, UsageError
-from ldp.models.denoiser import position_ids
+from ldp.models.denoiser import DenoiserAttributes, position_ids
 from ldp.models.native import realign_parameters, sinusoidal_embedding, validate_inputs
 
 __all__ = [
@@ -258,7 +258,7 @@ def _qualified_name(root: nn.Module, target: nn.Parameter) -> str:
 # --------------------------------------------------------------------------- the model
 
 
-class WarmStartDenoiser(PreTrainedModel):
+class WarmStartDenoiser(DenoiserAttributes, PreTrainedModel):
     """A HF encoder / masked LM as a masked-diffusion denoiser (``Denoiser`` protocol)."""
 
     config: WarmStartConfig
@@ -417,25 +417,8 @@ class WarmStartDenoiser(PreTrainedModel):
         return self.backbone.base_model
 
     # -- Denoiser attributes
-    @property
-    def mask_token_id(self) -> int:
-        return self.config.mask_token_id
-
-    @property
-    def pad_token_id(self) -> int:
-        return self.config.pad_token_id
-
-    @property
-    def eos_token_id(self) -> int:
-        return self.config.eos_token_id
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def hidden_size(self) -> int:
-        return self.config.hidden_size
+    def _attribute_source(self) -> PreTrainedConfig:
+        return self.config
 
     # -- Denoiser methods
     def hidden_states(
