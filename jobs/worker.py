@@ -260,6 +260,7 @@ def train_worker(cfg: dict[str, Any]) -> None:
         # The run had finished (a rerun with the same job id): Result.checkpoint is the artifact.
         if rank == 0:
             sys.stdout.write(f"[ldp] {cfg['job_id']}: already finished (its artifact is the latest checkpoint)\n")
+            sys.stdout.flush()
         return
 
     built = recipe.build(cfg["config"], rank, world)
