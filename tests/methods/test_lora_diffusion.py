@@ -12,7 +12,9 @@ from ldp.methods.lora_diffusion.layer import sinusoidal_step_embedding
 
 from .conftest import make_tiny
 
-SMALL = {"ranks": [8, 4, 2], "time_embed_dim": 16}
+# fp32 base: these tests compare the adapted model with the plain base bit for bit, and `auto`
+# would run the base under bf16 autocast on a CPU with native bf16 (the bf16 path has its own test).
+SMALL = {"ranks": [8, 4, 2], "time_embed_dim": 16, "base_dtype": "fp32"}
 
 
 def attach(base, **cfg):

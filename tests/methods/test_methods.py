@@ -25,7 +25,8 @@ from safetensors.torch import load_file
 from .conftest import BACKBONES
 
 SMALL = {
-    "lora-diffusion": {"ranks": [8, 4, 2], "time_embed_dim": 16, "num_steps": 30},
+    # fp32 base: compared bit for bit with the plain base (`auto` is bf16 on CPUs with native bf16)
+    "lora-diffusion": {"ranks": [8, 4, 2], "time_embed_dim": 16, "num_steps": 30, "base_dtype": "fp32"},
     "weight-lora": {"r": 4, "alpha": 8.0},
     "prefix": {"num_virtual_tokens": 4},
     "adapters": {"bottleneck": 8},
