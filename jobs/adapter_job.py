@@ -52,7 +52,7 @@ def execute(spec_dict: dict[str, Any], job_id: str, *, log=print) -> dict[str, A
     from ldp.jobs.runner import default_storage_path, run_training
     from ldp.jobs.spec import train_config, validate_spec
     from ldp.store import Registry
-    from ldp.training.recipes.adapter import validate
+    from ldp.training.recipes.adapter import scoring_settings, validate
 
     spec = validate_spec(spec_dict)
     started = time.perf_counter()
@@ -77,11 +77,9 @@ def execute(spec_dict: dict[str, Any], job_id: str, *, log=print) -> dict[str, A
     train_seconds = time.perf_counter() - train_started
 
     model, tokenizer, info = load_adapted(str(outcome.artifact_dir), spec.registry, base)
-    ev = cfg.eval
     result = evaluate_task(
-        model, tokenizer, spec.task, split=ev.split, data_dir=spec.data_dir, limit=ev.limit,
-        mode=ev.mode, steps=ev.steps, diffusion=cfg.diffusion, elbo_samples=ev.elbo_samples,
-        batch_size=ev.batch_size, max_prompt_len=cfg.max_prompt_len, progress=False,
+        model, tokenizer, spec.task, split=cfg.eval.split, data_dir=spec.data_dir,
+        limit=cfg.eval.limit, progress=False, **scoring_settings(cfg),
     )
     evaluation = result.to_dict(base=base)
     metrics = {

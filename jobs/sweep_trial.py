@@ -118,12 +118,11 @@ def _evaluate(spec, cfg, base: str, artifact_dir) -> dict[str, Any]:
     """Score the trained adapter as ``ldp submit`` does: the task's metrics on ``cfg.eval``."""
     from ldp.bases import load_adapted
     from ldp.evaluation import evaluate_task
+    from ldp.training.recipes.adapter import scoring_settings
 
     model, tokenizer, _ = load_adapted(str(artifact_dir), spec.registry, base)
-    ev = cfg.eval
     result = evaluate_task(
-        model, tokenizer, spec.task, split=ev.split, data_dir=spec.data_dir, limit=ev.limit,
-        mode=ev.mode, steps=ev.steps, diffusion=cfg.diffusion, elbo_samples=ev.elbo_samples,
-        batch_size=ev.batch_size, max_prompt_len=cfg.max_prompt_len, progress=False,
+        model, tokenizer, spec.task, split=cfg.eval.split, data_dir=spec.data_dir,
+        limit=cfg.eval.limit, progress=False, **scoring_settings(cfg),
     )
     return result.to_dict(base=base)

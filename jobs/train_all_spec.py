@@ -171,14 +171,9 @@ def comparison_eval_settings(spec: PipelineSpec, base: str) -> dict[str, Any]:
     that its ``oracle`` column scores each adapter as its own job did. The split and the number
     of examples stay the pipeline's (``eval_limit``)."""
     from ldp.config import apply_overrides
-    from ldp.training.recipes.adapter import validate
+    from ldp.training.recipes.adapter import scoring_settings, validate
 
-    cfg = validate(apply_overrides(dict(spec.train), {"method": spec.method, "base": base}))
-    ev = cfg.eval
-    return {
-        "mode": ev.mode, "steps": ev.steps, "elbo_samples": ev.elbo_samples,
-        "batch_size": ev.batch_size, "max_prompt_len": cfg.max_prompt_len, "diffusion": cfg.diffusion,
-    }
+    return scoring_settings(validate(apply_overrides(dict(spec.train), {"method": spec.method, "base": base})))
 
 
 def router_job_spec(spec: PipelineSpec, base: str, adapters: dict[str, str]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from ldp.training.loader import ResumableLoader
 from ldp.training.optim import OptimConfig
 from ldp.training.trainer import LoopConfig
 
-__all__ = ["AdapterConfig", "EvalConfig", "validate", "build", "export", "make_loss_fn", "load_model"]
+__all__ = ["AdapterConfig", "EvalConfig", "validate", "scoring_settings", "build", "export", "make_loss_fn", "load_model"]
 
 
 @dataclass
@@ -108,6 +108,17 @@ class AdapterConfig:
 def validate(config: dict[str, Any]) -> AdapterConfig:
     """Build and check the whole config before anything runs (raises UsageError)."""
     return build_config(AdapterConfig, config)
+
+
+def scoring_settings(cfg: AdapterConfig) -> dict[str, Any]:
+    """How an adapter of this recipe is scored: :func:`ldp.evaluation.evaluate_task` keywords
+    (mode, sampling steps, ELBO samples, batch, prompt budget, diffusion process). The split and
+    the number of examples are left to the caller."""
+    ev = cfg.eval
+    return {
+        "mode": ev.mode, "steps": ev.steps, "elbo_samples": ev.elbo_samples,
+        "batch_size": ev.batch_size, "max_prompt_len": cfg.max_prompt_len, "diffusion": cfg.diffusion,
+    }
 
 
 def make_loss_fn(cfg: AdapterConfig):
