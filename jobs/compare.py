@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from ldp.config import build, to_dict
 from ldp.errors import LdpError, UsageError
+from ldp.jobs.spec import check_task_steps, steps_for
 
 __all__ = ["CompareSpec", "execute", "format_markdown", "validate_compare"]
 
@@ -39,6 +40,8 @@ class CompareSpec:
     base: str | None = None
     steps: int | None = None
     """Optimiser steps of every cell (default: the adapter recipe's)."""
+    task_steps: dict[str, int] = field(default_factory=dict)
+    """Per-task steps that replace ``steps`` for those tasks' cells (``{squad: 100}``)."""
     split: Literal["validation", "test", "train"] = "validation"
     """The split each adapter is scored on."""
     eval_limit: int | None = 200
@@ -73,6 +76,7 @@ class CompareSpec:
             raise ValueError("tasks and methods must not repeat")
         if self.steps is not None and self.steps < 1:
             raise ValueError("steps must be >= 1")
+        self.task_steps = check_task_steps(self.task_steps, self.tasks)
         if self.eval_limit is not None and self.eval_limit < 1:
             raise ValueError("eval_limit must be >= 1")
         if self.max_parallel is not None and self.max_parallel < 1:
@@ -87,9 +91,9 @@ def cell_spec(spec: CompareSpec, task: str, method: str, base: str | None = None
     train = apply_overrides(dict(spec.train), {"eval.split": spec.split, "eval.limit": spec.eval_limit})
     data = {
         "task": task, "method": method, "size": spec.size, "base": base or spec.base,
-        "steps": spec.steps, "workers": spec.workers, "strategy": spec.strategy,
-        "registry": spec.registry, "data_dir": spec.data_dir, "storage_path": spec.storage_path,
-        "train": train,
+        "steps": steps_for(task, spec.steps, spec.task_steps), "workers": spec.workers,
+        "strategy": spec.strategy, "registry": spec.registry, "data_dir": spec.data_dir,
+        "storage_path": spec.storage_path, "train": train,
     }
     return to_dict(validate_spec({k: v for k, v in data.items() if v is not None}))
 

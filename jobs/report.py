@@ -44,7 +44,8 @@ def _budget(spec) -> str:
         data = apply_overrides(data, {"loop.max_steps": spec.steps})
     cfg = validate(data)
     limit = f"at most {cfg.train_limit} training examples" if cfg.train_limit else "the whole training split"
-    return (f"{cfg.loop.max_steps} steps of batch {cfg.loop.batch_size}, {limit}, seed {cfg.loop.seed}, "
+    own = "".join(f", {n} on {t}" for t, n in spec.task_steps.items())
+    return (f"{cfg.loop.max_steps} steps{own} of batch {cfg.loop.batch_size}, {limit}, seed {cfg.loop.seed}, "
             f"each method's default learning rate unless set, {spec.eval_limit or 'all'} evaluation examples per run")
 
 
@@ -115,6 +116,7 @@ def composition_pipeline(spec, base: str, tasks: list[str]) -> dict[str, Any]:
     pipeline = {
         "kind": "train-all", "size": spec.size, "tasks": tasks, "method": "lora-diffusion",
         "name": f"report-{spec.size}", "base": base, "steps": spec.steps, "router_steps": cfg.router_steps,
+        "task_steps": {t: n for t, n in spec.task_steps.items() if t in tasks},
         "registry": spec.registry, "data_dir": spec.data_dir, "storage_path": spec.storage_path,
         "train": apply_overrides(shared_train(spec), {"eval.split": spec.split, "eval.limit": spec.eval_limit}),
         "router": dict(cfg.router), "compare": True, "eval_limit": cfg.eval_limit,

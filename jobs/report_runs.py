@@ -47,9 +47,11 @@ class Variant:
     def compare_dict(self, tasks: list[str] | None = None, methods: list[str] | None = None,
                      retrain: bool = False) -> dict[str, Any]:
         s = self.spec
+        tasks = tasks or self.tasks
         data = {
-            "kind": "compare", "tasks": tasks or self.tasks, "methods": methods or self.methods,
+            "kind": "compare", "tasks": tasks, "methods": methods or self.methods,
             "size": s.size, "base": s.base, "steps": s.steps, "split": s.split,
+            "task_steps": {t: n for t, n in s.task_steps.items() if t in tasks},
             "eval_limit": s.eval_limit, "registry": s.registry, "data_dir": s.data_dir,
             "storage_path": s.storage_path, "retrain": retrain, "max_parallel": s.max_parallel,
             "train": self.train,

@@ -172,6 +172,8 @@ class ReportSpec:
     methods: list[str] = field(default_factory=lambda: ["all"])
     steps: int | None = None
     """Optimiser steps of every training run."""
+    task_steps: dict[str, int] = field(default_factory=dict)
+    """Per-task steps replacing ``steps`` for that task's runs in every section (``{squad: 100}``)."""
     seed: int = 0
     """``loop.seed`` of every training run."""
     split: Literal["validation", "test", "train"] = "validation"
@@ -198,7 +200,7 @@ class ReportSpec:
     """At most this many runs train at once (default: as many as the cluster's CPUs place)."""
 
     def __post_init__(self) -> None:
-        from ldp.jobs.spec import _absolute
+        from ldp.jobs.spec import _absolute, check_task_steps
         from ldp.models.sizes import size_names
 
         if self.size not in size_names():
@@ -206,6 +208,7 @@ class ReportSpec:
         self.sections = parse_sections(self.sections)
         if self.steps is not None and self.steps < 1:
             raise ValueError("steps must be >= 1")
+        self.task_steps = check_task_steps(self.task_steps)
         if self.eval_limit is not None and self.eval_limit < 1:
             raise ValueError("eval_limit must be >= 1")
         if self.max_parallel is not None and self.max_parallel < 1:

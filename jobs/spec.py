@@ -8,7 +8,10 @@ from typing import Any, Literal
 from ldp.config import build, to_dict
 from ldp.errors import UsageError
 
-__all__ = ["BASE_WARM_START_STEPS", "MAX_STEPS", "JobSpec", "check_spec", "train_config", "validate_spec"]
+__all__ = [
+    "BASE_WARM_START_STEPS", "MAX_STEPS", "JobSpec", "check_spec", "check_task_steps", "steps_for", "train_config",
+    "validate_spec",
+]
 
 BASE_WARM_START_STEPS = 150
 """Steps of the masked-diffusion warm start that builds the default ``tiny`` base on first use."""
@@ -78,6 +81,29 @@ def _absolute(path: str | None) -> str | None:
     from pathlib import Path
 
     return str(Path(path).expanduser().resolve())
+
+
+def check_task_steps(task_steps: dict[str, Any], tasks: list[str] | None = None) -> dict[str, int]:
+    """Per-task step budgets (``{task: steps}``) of a multi-task spec, checked: known tasks (and,
+    when ``tasks`` is given, tasks the spec runs), whole numbers >= 1 (ValueError)."""
+    from ldp.data.tasks import get_task
+
+    out: dict[str, int] = {}
+    for task, steps in dict(task_steps or {}).items():
+        get_task(task)
+        if tasks is not None and task not in tasks:
+            raise ValueError(f"task_steps.{task}: {task} is not one of the tasks ({', '.join(tasks)})")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"task_steps.{task} must be a whole number >= 1, got {steps!r}")
+        out[task] = steps
+    return out
+
+
+def steps_for(task: str, steps: int | None, task_steps: dict[str, int] | None) -> int | None:
+    """The optimiser steps of ``task``'s run: its own budget when it has one, else the shared one.
+    Generation tasks cost several times a classification step (longer sequences), so a
+    multi-task budget on a small machine gives them fewer steps."""
+    return (task_steps or {}).get(task, steps)
 
 
 def train_config(spec: JobSpec, base: str | None = None) -> dict[str, Any]:

@@ -45,6 +45,8 @@ class PipelineSpec:
     base: str | None = None
     steps: int | None = None
     """Optimiser steps per task adapter."""
+    task_steps: dict[str, int] = field(default_factory=dict)
+    """Per-task steps that replace ``steps`` for those tasks' adapters (``{squad: 100}``)."""
     router_steps: int | None = None
     """Optimiser steps of the router (default: the router recipe's)."""
     max_parallel: int | None = None
@@ -70,7 +72,7 @@ class PipelineSpec:
     """Validation examples per task in that comparison (and the router's accuracy)."""
 
     def __post_init__(self) -> None:
-        from ldp.jobs.spec import _absolute
+        from ldp.jobs.spec import _absolute, check_task_steps
         from ldp.models.sizes import size_names
 
         if self.size not in size_names():
@@ -86,6 +88,7 @@ class PipelineSpec:
                 raise ValueError(f"{key} must be >= 1, got {value}")
         if self.workers < 1:
             raise ValueError("workers must be >= 1")
+        self.task_steps = check_task_steps(self.task_steps, None if self.tasks == ["all"] else self.tasks)
         self.data_dir = self.data_dir if self.data_dir == "hub" else _absolute(self.data_dir)
         self.registry = _absolute(self.registry)
         self.storage_path = _absolute(self.storage_path)
@@ -151,13 +154,13 @@ def _resolved_train(data: dict[str, Any]) -> dict[str, Any] | None:
 
 def child_spec(spec: PipelineSpec, task: str, base: str | None = None) -> dict[str, Any]:
     """The adapter :class:`JobSpec` (as a dict) of ``task``; ``base`` pins a concrete base."""
-    from ldp.jobs.spec import JobSpec
+    from ldp.jobs.spec import JobSpec, steps_for
 
     data: dict[str, Any] = {
         "task": task, "size": spec.size, "method": spec.method, "base": base or spec.base,
-        "steps": spec.steps, "workers": spec.workers, "strategy": spec.strategy,
-        "registry": spec.registry, "data_dir": spec.data_dir, "storage_path": spec.storage_path,
-        "checkpoint_every": spec.checkpoint_every, "max_failures": spec.max_failures,
+        "steps": steps_for(task, spec.steps, spec.task_steps), "workers": spec.workers,
+        "strategy": spec.strategy, "registry": spec.registry, "data_dir": spec.data_dir,
+        "storage_path": spec.storage_path, "checkpoint_every": spec.checkpoint_every, "max_failures": spec.max_failures,
         "auto_base": spec.auto_base, "train": dict(spec.train),
     }
     if spec.base_steps is not None:

@@ -41,6 +41,9 @@ def test_summary_averages_and_percent_of_full():
         (["--set", "loop.batch_size=0"], "batch_size"),
         (["--json", "/no/such/folder/x.json"], "--json"),
         (["--max-parallel", "0"], "max_parallel"),
+        (["--task-steps", "trec=ten"], "--task-steps expects task=steps"),
+        (["--tasks", "sst2,trec", "--task-steps", "squad=10"], "squad is not one of the tasks"),
+        (["--task-steps", "trec=0"], "task_steps.trec must be a whole number >= 1"),
     ],
 )
 def test_bad_input_exits_2_before_any_ray_work(args, needle, capsys, monkeypatch):

@@ -159,7 +159,7 @@ def test_spec_plans_variants_and_shares_the_default_run(data_dir):
     defaults = [v for v in variants if "default" in v.label or v.params.get("fraction") == 1.0]
     assert defaults and all(v.train == shared_train(spec) for v in defaults)
     tenth = next(v for v in variants if v.params.get("fraction") == 0.1)
-    assert tenth.train["train_limit"] == 52  # 10% of the budget's 512, rounded up
+    assert tenth.train["train_limit"] == 100  # 10% of the budget's 1000
     with pytest.raises(UsageError, match="fractions"):
         validate_report({**data, "data_efficiency": {"fractions": [0.0, 1.0]}})
 
@@ -176,13 +176,18 @@ def test_composition_pipeline_reuses_the_main_adapters(data_dir, base_folder):
 
     base = str(base_folder)
     data = {**read_mapping(REPO / "configs" / "report-smoke.yaml"), "data_dir": str(data_dir), "base": base,
-            "composition": {"router_steps": 3}}
+            "composition": {"router_steps": 3}, "task_steps": {"trec": 7}}
     spec = validate_report(data)
     main = planned_variants(spec)[0]
     pipeline = validate_pipeline(composition_pipeline(spec, base, ["sst2", "trec"]))
     compare_spec = build(CompareSpec, main.compare_dict(), where="compare.")
     for task in ("sst2", "trec"):
         assert spec_hash(child_spec(pipeline, task, base)) == spec_hash(cell_spec(compare_spec, task, "lora-diffusion", base))
+    # a task's own step budget reaches its cells in the main run and in the composition pipeline
+    assert child_spec(pipeline, "trec", base)["steps"] == cell_spec(compare_spec, "trec", "full", base)["steps"] == 7
+    assert child_spec(pipeline, "sst2", base)["steps"] == spec.steps != 7
+    with pytest.raises(UsageError, match="task_steps.squad"):
+        validate_report({**data, "task_steps": {"squad": 0}})
     changed = validate_report({**data, "seed": 1})  # a different budget must not match
     other = validate_pipeline(composition_pipeline(changed, base, ["sst2", "trec"]))
     assert spec_hash(child_spec(other, "sst2", base)) != spec_hash(cell_spec(compare_spec, "sst2", "lora-diffusion", base))

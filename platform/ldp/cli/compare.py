@@ -23,10 +23,26 @@ def _split(value: Optional[str]) -> Optional[list[str]]:
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 
 
+def parse_task_steps(value: Optional[str]) -> Optional[dict[str, int]]:
+    """``--task-steps squad=100,gsm8k=60`` -> ``{"squad": 100, "gsm8k": 60}`` (UsageError)."""
+    from ldp.errors import UsageError
+
+    if value is None:
+        return None
+    out: dict[str, int] = {}
+    for item in _split(value) or []:
+        task, sep, raw = item.partition("=")
+        if not sep or not task.strip() or not raw.strip().isdigit():
+            raise UsageError(f"--task-steps expects task=steps[,task=steps...], got {item!r}")
+        out[task.strip()] = int(raw)
+    return out
+
+
 def compare(
     tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated task keys (default sst2,agnews,trec)."),
     methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods, or 'all' (default)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps of every cell."),
+    task_steps: Optional[str] = typer.Option(None, "--task-steps", help="Per-task steps replacing --steps: squad=100,gsm8k=60."),
     size: Optional[str] = typer.Option(None, "--size", help="Base size (default tiny)."),
     base: Optional[str] = typer.Option(None, "--base", help="Base: registry reference or folder (default bases/<size>@latest)."),
     split: Optional[str] = typer.Option(None, "--split", help="Split each adapter is scored on: validation (default), test or train."),
@@ -53,7 +69,8 @@ def compare(
     checks.data_location("--data-dir", data_dir)
     checks.registry_location("--registry", registry)
     explicit = {
-        "tasks": _split(tasks), "methods": _split(methods), "steps": steps, "size": size,
+        "tasks": _split(tasks), "methods": _split(methods), "steps": steps,
+        "task_steps": parse_task_steps(task_steps), "size": size,
         "base": base, "split": split, "eval_limit": eval_limit, "registry": registry,
         "data_dir": data_dir or os.environ.get("LDP_DATA_DIR") or None, "retrain": retrain or None,
         "max_parallel": max_parallel,

@@ -43,6 +43,7 @@ def train_all(
     method: Optional[str] = typer.Option(None, "--method", help="Adapter method (composition needs lora-diffusion)."),
     base: Optional[str] = typer.Option(None, "--base", help="Base: registry reference or folder (default bases/<size>@latest)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps per task adapter."),
+    task_steps: Optional[str] = typer.Option(None, "--task-steps", help="Per-task steps replacing --steps: squad=100,gsm8k=60."),
     router_steps: Optional[int] = typer.Option(None, "--router-steps", help="Optimiser steps of the router."),
     max_parallel: Optional[int] = typer.Option(None, "--max-parallel", help="At most K adapter jobs at once (default: what the cluster places)."),
     name: Optional[str] = typer.Option(None, "--name", help="Bundle and router name (default <size>-<method>)."),
@@ -55,6 +56,7 @@ def train_all(
     json_out: bool = typer.Option(False, "--json", help="With --wait: print the result as JSON."),
 ) -> None:
     """Train every task adapter, then the router over them; publish a composition bundle."""
+    from ldp.cli.compare import parse_task_steps
     from ldp.config import to_dict
     from ldp.jobs import records
     from ldp.jobs.launch import launch
@@ -62,7 +64,7 @@ def train_all(
 
     explicit = {
         "size": size, "tasks": None if tasks is None else [t.strip() for t in tasks.split(",") if t.strip()],
-        "method": method, "base": base, "steps": steps,
+        "method": method, "base": base, "steps": steps, "task_steps": parse_task_steps(task_steps),
         "router_steps": router_steps, "max_parallel": max_parallel, "name": name,
         "registry": registry, "data_dir": data_dir or os.environ.get("LDP_DATA_DIR") or None,
     }
