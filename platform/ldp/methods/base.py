@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -37,6 +37,7 @@ from torch import nn
 from ldp.config import build, to_dict
 from ldp.errors import IntegrityError, LdpError, UsageError
 from ldp.models.denoiser import DenoiserAttributes
+from ldp.models.sizes import parameter_count
 
 __all__ = [
     "ADAPTER_CONFIG_NAME",
@@ -133,16 +134,6 @@ def module_paths(root: nn.Module) -> dict[int, str]:
     """``id(module) -> qualified name`` for every submodule of ``root`` ("" for root itself)."""
     return {id(m): name for name, m in root.named_modules(remove_duplicate=False)}
 
-
-def parameter_count(params: Iterable[nn.Parameter]) -> int:
-    """Number of elements of distinct parameters (tied ones counted once); works on meta."""
-    seen: set[int] = set()
-    total = 0
-    for p in params:
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
-    return total
 
 
 def copy_into(live: dict[str, torch.Tensor], state: dict[str, torch.Tensor], *, what: str) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ldp.errors import LdpError, NotFoundError, UsageError
+from ldp.errors import LdpError, NotFoundError, UsageError, first_line
 
 __all__ = [
     "MINILM_NAME",
@@ -62,10 +62,6 @@ def minilm_path() -> Path:
     return path
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
-
 
 def default_tokenizer(name: str | Path | None = None) -> Any:
     """The tokenizer ``name`` (hub id or folder) a native model pairs with.
@@ -86,7 +82,7 @@ def default_tokenizer(name: str | Path | None = None) -> Any:
     try:
         return AutoTokenizer.from_pretrained(str(source))
     except (OSError, ValueError) as exc:
-        raise LdpError(f"cannot load tokenizer {name!r}: {_first_line(exc)}") from None
+        raise LdpError(f"cannot load tokenizer {name!r}: {first_line(exc)}") from None
 
 
 def _read_model_type(folder: Path) -> str:
@@ -130,7 +126,7 @@ def load_base(
     try:
         model = AutoModel.from_pretrained(str(folder), **kwargs)
     except (OSError, ValueError) as exc:
-        raise LdpError(f"cannot load base from {folder}: {_first_line(exc)}") from None
+        raise LdpError(f"cannot load base from {folder}: {first_line(exc)}") from None
     if device is not None:
         model = model.to(device)
     model.eval()
@@ -138,7 +134,7 @@ def load_base(
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder))
         except (OSError, ValueError) as exc:
-            raise LdpError(f"cannot load the tokenizer in {folder}: {_first_line(exc)}") from None
+            raise LdpError(f"cannot load the tokenizer in {folder}: {first_line(exc)}") from None
     else:
         tokenizer = default_tokenizer(getattr(model.config, "tokenizer", None))
     _check_pair(model, tokenizer, folder)

@@ -26,7 +26,7 @@ import torch
 from ldp.errors import UsageError
 from ldp.models.native import DiffusionTransformer, DiffusionTransformerConfig, build_config
 
-__all__ = ["SIZES", "size_names", "size_config", "count_parameters", "BF16_BYTES"]
+__all__ = ["SIZES", "size_names", "size_config", "count_parameters", "parameter_count", "BF16_BYTES"]
 
 BF16_BYTES = 2
 """Bytes per weight of a bf16 base (the dtype a frozen base runs in)."""
@@ -92,7 +92,8 @@ def size_config(name: str, **overrides: Any) -> DiffusionTransformerConfig:
     return build_config(**{**SIZES[name], **overrides})
 
 
-def _unique_count(params) -> int:
+def parameter_count(params) -> int:
+    """Number of elements of distinct parameters (tied ones counted once); works on meta."""
     seen: set[int] = set()
     total = 0
     for p in params:
@@ -124,12 +125,12 @@ def count_parameters(config: DiffusionTransformerConfig | str) -> dict[str, int]
                          f"got {type(config).__name__}")
     with torch.device("meta"):
         model = DiffusionTransformer(config)
-    total = _unique_count(model.parameters())
+    total = parameter_count(model.parameters())
     embedding = model.embed_tokens.weight.numel()
     embed_ids = {id(model.embed_tokens.weight)}
     head = sum(p.numel() for p in model.lm_head.parameters() if id(p) not in embed_ids)
-    per_block = _unique_count(model.layers[0].parameters())
-    blocks = _unique_count(model.layers.parameters())
+    per_block = parameter_count(model.layers[0].parameters())
+    blocks = parameter_count(model.layers.parameters())
     other = total - embedding - head - blocks
     return {
         "total": total,

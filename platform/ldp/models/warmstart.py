@@ -51,7 +51,7 @@ from transformers import (
 )
 from transformers import initialization as init
 
-from ldp.errors import LdpError, UsageError
+from ldp.errors import LdpError, UsageError, first_line
 from ldp.models.denoiser import DenoiserAttributes, position_ids
 from ldp.models.native import realign_parameters, sinusoidal_embedding, validate_inputs
 
@@ -329,7 +329,7 @@ class WarmStartDenoiser(DenoiserAttributes, PreTrainedModel):
         try:
             inner_config = AutoConfig.from_pretrained(name_or_path)
         except (OSError, ValueError) as exc:
-            raise LdpError(f"cannot load config of {name_or_path!r}: {_first_line(exc)}") from None
+            raise LdpError(f"cannot load config of {name_or_path!r}: {first_line(exc)}") from None
         archs = inner_config.architectures or []
         has_mlm = any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in archs)
         if head == "checkpoint" and not has_mlm:
@@ -521,10 +521,6 @@ class WarmStartDenoiser(DenoiserAttributes, PreTrainedModel):
 # --------------------------------------------------------------------------- helpers
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
-
 
 def _load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
@@ -532,14 +528,14 @@ def _load_tokenizer(name_or_path: str):
     try:
         return AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as exc:
-        raise LdpError(f"cannot load tokenizer of {name_or_path!r}: {_first_line(exc)}") from None
+        raise LdpError(f"cannot load tokenizer of {name_or_path!r}: {first_line(exc)}") from None
 
 
 def _load_model(auto, name_or_path: str, kwargs: dict) -> PreTrainedModel:
     try:
         return auto.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError) as exc:
-        raise LdpError(f"cannot load weights of {name_or_path!r}: {_first_line(exc)}") from None
+        raise LdpError(f"cannot load weights of {name_or_path!r}: {first_line(exc)}") from None
 
 
 def special_token_ids(tokenizer: Any, name: str = "tokenizer") -> tuple[int, int, int]:
