@@ -148,7 +148,7 @@ def test_spec_plans_variants_and_shares_the_default_run(data_dir):
     from ldp.jobs.report_runs import planned_variants
     from ldp.jobs.report_spec import shared_train, validate_report
 
-    data = {**read_mapping(REPO / "configs" / "report-small.yaml"), "data_dir": str(data_dir)}
+    data = {**read_mapping(REPO / "configs" / "report-full.yaml"), "data_dir": str(data_dir)}
     spec = validate_report(data)
     variants = planned_variants(spec)
     main = variants[0]
