@@ -36,8 +36,7 @@ from torch import nn
 
 from ldp.config import build, to_dict
 from ldp.errors import IntegrityError, LdpError, UsageError
-from ldp.models.denoiser import DenoiserAttributes
-from ldp.models.sizes import parameter_count
+from ldp.models.denoiser import DenoiserAttributes, parameter_count
 
 __all__ = [
     "ADAPTER_CONFIG_NAME",

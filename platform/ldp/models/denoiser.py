@@ -24,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-__all__ = ["Denoiser", "DenoiserAttributes", "BlockParts", "position_ids"]
+__all__ = ["Denoiser", "DenoiserAttributes", "BlockParts", "parameter_count", "position_ids"]
 
 
 def position_ids(attention_mask: torch.Tensor | None, batch: int, length: int,
@@ -125,3 +125,14 @@ class Denoiser(Protocol):
     def block_parts(self) -> BlockParts:
         """Names of the attachable modules inside each block (see :class:`BlockParts`)."""
         ...
+
+
+def parameter_count(params) -> int:
+    """Number of elements of distinct parameters (tied ones counted once); works on meta."""
+    seen: set[int] = set()
+    total = 0
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total

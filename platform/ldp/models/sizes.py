@@ -24,9 +24,10 @@ from typing import Any
 import torch
 
 from ldp.errors import UsageError
+from ldp.models.denoiser import parameter_count
 from ldp.models.native import DiffusionTransformer, DiffusionTransformerConfig, build_config
 
-__all__ = ["SIZES", "size_names", "size_config", "count_parameters", "parameter_count", "BF16_BYTES"]
+__all__ = ["SIZES", "size_names", "size_config", "count_parameters", "BF16_BYTES"]
 
 BF16_BYTES = 2
 """Bytes per weight of a bf16 base (the dtype a frozen base runs in)."""
@@ -90,17 +91,6 @@ def size_config(name: str, **overrides: Any) -> DiffusionTransformerConfig:
     if name not in SIZES:
         raise UsageError(f"unknown size {name!r}; known sizes: {', '.join(SIZES)}")
     return build_config(**{**SIZES[name], **overrides})
-
-
-def parameter_count(params) -> int:
-    """Number of elements of distinct parameters (tied ones counted once); works on meta."""
-    seen: set[int] = set()
-    total = 0
-    for p in params:
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
-    return total
 
 
 def count_parameters(config: DiffusionTransformerConfig | str) -> dict[str, int]:
