@@ -116,7 +116,7 @@ def composition_pipeline(spec, base: str, tasks: list[str]) -> dict[str, Any]:
     pipeline = {
         "kind": "train-all", "size": spec.size, "tasks": tasks, "method": "lora-diffusion",
         "name": f"report-{spec.size}", "base": base, "steps": spec.steps, "router_steps": cfg.router_steps,
-        "task_steps": {t: n for t, n in spec.task_steps.items() if t in tasks},
+        "task_steps": spec.task_steps_within(tasks),
         "registry": spec.registry, "data_dir": spec.data_dir, "storage_path": spec.storage_path,
         "train": apply_overrides(shared_train(spec), {"eval.split": spec.split, "eval.limit": spec.eval_limit}),
         "router": dict(cfg.router), "compare": True, "eval_limit": cfg.eval_limit,

@@ -51,7 +51,7 @@ class Variant:
         data = {
             "kind": "compare", "tasks": tasks, "methods": methods or self.methods,
             "size": s.size, "base": s.base, "steps": s.steps, "split": s.split,
-            "task_steps": {t: n for t, n in s.task_steps.items() if t in tasks},
+            "task_steps": s.task_steps_within(tasks),
             "eval_limit": s.eval_limit, "registry": s.registry, "data_dir": s.data_dir,
             "storage_path": s.storage_path, "retrain": retrain, "max_parallel": s.max_parallel,
             "train": self.train,

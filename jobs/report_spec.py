@@ -223,6 +223,12 @@ class ReportSpec:
             self.base = _absolute(self.base)
 
 
+    def task_steps_within(self, tasks: list[str]) -> dict[str, int]:
+        """The per-task budgets of ``tasks`` only: what a compare or train-all spec over those
+        tasks takes (they refuse a budget for a task they do not run)."""
+        return {t: n for t, n in self.task_steps.items() if t in tasks}
+
+
 def parse_sections(value: Any) -> list[str]:
     """Section keys or numbers (a list or ``"1,2,5"``) -> keys in report order (UsageError)."""
     items = value.split(",") if isinstance(value, str) else list(value)
