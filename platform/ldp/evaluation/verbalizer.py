@@ -19,7 +19,8 @@ or nearly so:
 - the subsets drawn for an example depend only on ``(seed, example index)``, never on the batch
   it was scored in, so an example's score does not depend on its batch mates.
 
-The estimator's cost is ``candidates x sum_k min(C(W, k), per_size)`` denoiser rows per example.
+The estimator's cost is at most ``candidates x sum_k min(C(W, k), per_size)`` denoiser rows per
+example; candidates that look the same outside a mask share that row.
 """
 
 from __future__ import annotations
@@ -91,33 +92,45 @@ def candidate_nll(
     from ldp.evaluation.padding import pad_left
 
     K, W = answers.shape
-    rows: list[tuple[int, int, torch.Tensor, float, float]] = []  # (example, cand, mask, w, t)
+    # The denoiser's input for (example, candidate, mask) is the prompt plus the candidate with
+    # the mask applied. Candidates that agree outside the mask feed it the same input (always
+    # for the fully masked answer; for verbalisers that differ in their first token and share
+    # their EOS padding, for every mask over that token), so each distinct input runs once and
+    # every candidate's NLL is read from its logits.
+    feeds: dict[tuple, int] = {}
+    feed_rows: list[tuple[int, torch.Tensor, torch.Tensor, float]] = []  # (example, x answer, mask, t)
+    uses: list[tuple[int, int, int, float]] = []  # (example, candidate, feed, weight)
     for e, ex_id in enumerate(example_ids):
         gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(ex_id))
         masks, weights, times = mask_plan(W, per_size, gen)
         for m in range(masks.shape[0]):
             for k in range(K):
-                rows.append((e, k, masks[m], float(weights[m]), float(times[m])))
-    total = torch.zeros(len(prompts), K, dtype=torch.float64)
-    for start in range(0, len(rows), max_rows):
-        chunk = rows[start : start + max_rows]
+                visible = answers[k].masked_fill(masks[m], mask_token_id)
+                key = (e, tuple(masks[m].tolist()), tuple(visible.tolist()))
+                if key not in feeds:
+                    feeds[key] = len(feed_rows)
+                    feed_rows.append((e, visible, masks[m], float(times[m])))
+                uses.append((e, k, feeds[key], float(weights[m])))
+    feed_nll = torch.zeros(len(feed_rows), K, dtype=torch.float64)  # NLL of each candidate per input
+    for start in range(0, len(feed_rows), max_rows):
+        chunk = feed_rows[start : start + max_rows]
         ids, keep = pad_left([prompts[e] for e, *_ in chunk], pad_token_id)
         instr, _ = pad_left([instructions[e] for e, *_ in chunk], 0)
         N, Lp = ids.shape
-        x0 = torch.cat([ids, answers[[k for _, k, *_ in chunk]]], dim=1)  # (N, Lp + W)
-        masked = torch.stack([m for _, _, m, _, _ in chunk])  # (N, W)
+        x_t = torch.cat([ids, torch.stack([v for _, v, _, _ in chunk])], dim=1)  # (N, Lp + W)
+        masked = torch.stack([m for _, _, m, _ in chunk])  # (N, W)
         scored = torch.cat([torch.zeros(N, Lp, dtype=torch.bool), masked], dim=1)
-        x_t = x0.masked_fill(scored, mask_token_id)
         attn = torch.cat([keep, torch.ones(N, W, dtype=torch.bool)], dim=1).long()
         inst = torch.cat([instr.bool(), torch.zeros(N, W, dtype=torch.bool)], dim=1)
         t = torch.tensor([tt for *_, tt in chunk], dtype=torch.float32)
         hidden = hidden_fn(x_t, t, attn, inst)
-        logits = head(hidden[scored]).float()
-        nll = torch.nn.functional.cross_entropy(logits, x0[scored], reduction="none")
-        per_row = torch.zeros(N, dtype=torch.float64).index_add_(
-            0, scored.nonzero(as_tuple=True)[0], nll.double()
-        )
-        for r, (e, k, _, w, _) in enumerate(chunk):
-            total[e, k] += w * per_row[r]
+        logp = torch.log_softmax(head(hidden[scored]).float(), dim=-1)  # (n, V)
+        row, col = scored.nonzero(as_tuple=True)
+        targets = answers[:, col - Lp].T  # (n, K): every candidate's token at each scored position
+        nll = -logp.gather(1, targets).double()
+        feed_nll[start : start + N] = torch.zeros(N, K, dtype=torch.float64).index_add_(0, row, nll)
+    total = torch.zeros(len(prompts), K, dtype=torch.float64)
+    for e, k, f, w in uses:
+        total[e, k] += w * feed_nll[f, k]
     return total.float()
 
