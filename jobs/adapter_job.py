@@ -13,6 +13,7 @@ import json
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +47,27 @@ def ensure_base(spec, log=print) -> str:
     return str(result.ref)
 
 
-def execute(spec_dict: dict[str, Any], job_id: str, *, log=print) -> dict[str, Any]:
-    from ldp.bases import load_adapted
-    from ldp.evaluation import evaluate_task
+def _train(spec, config: dict[str, Any], job_id: str):
+    """The adapter recipe as a Ray Train + DeepSpeed run (:func:`ldp.jobs.runner.run_training`)."""
     from ldp.jobs.runner import default_storage_path, run_training
+
+    return run_training(
+        "ldp.training.recipes.adapter",
+        config,
+        job_id=job_id,
+        num_workers=spec.workers,
+        strategy=spec.strategy,
+        storage_path=spec.storage_path or str(default_storage_path()),
+        checkpoint_every=spec.checkpoint_every,
+        max_failures=spec.max_failures,
+        use_gpu=spec.use_gpu,
+        deepspeed=spec.deepspeed or None,
+    )
+
+
+def execute(spec_dict: dict[str, Any], job_id: str, *, log=print) -> dict[str, Any]:
+    from ldp.bases import load_adapted, load_base_from
+    from ldp.evaluation import evaluate_task
     from ldp.jobs.spec import train_config, validate_spec
     from ldp.store import Registry
     from ldp.training.recipes.adapter import scoring_settings, validate
@@ -62,21 +80,15 @@ def execute(spec_dict: dict[str, Any], job_id: str, *, log=print) -> dict[str, A
     log(f"job {job_id}: {spec.method} adapter for {spec.task} on {base}, "
         f"{cfg.loop.max_steps} steps x {spec.workers} worker(s), strategy {spec.strategy}")
     train_started = time.perf_counter()
-    outcome = run_training(
-        "ldp.training.recipes.adapter",
-        config,
-        job_id=job_id,
-        num_workers=spec.workers,
-        strategy=spec.strategy,
-        storage_path=spec.storage_path or str(default_storage_path()),
-        checkpoint_every=spec.checkpoint_every,
-        max_failures=spec.max_failures,
-        use_gpu=spec.use_gpu,
-        deepspeed=spec.deepspeed or None,
-    )
-    train_seconds = time.perf_counter() - train_started
+    # While Ray starts the workers (one process start at a time) and they train, this process
+    # only waits: it loads the evaluation's base meanwhile (measured: ~1.5 s off a job).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ldp-eval-base") as pool:
+        base_loading = pool.submit(load_base_from, base, spec.registry)
+        outcome = _train(spec, config, job_id)
+        train_seconds = time.perf_counter() - train_started
+        loaded = base_loading.result()
 
-    model, tokenizer, info = load_adapted(str(outcome.artifact_dir), spec.registry, base)
+    model, tokenizer, info = load_adapted(str(outcome.artifact_dir), spec.registry, base, loaded=loaded)
     result = evaluate_task(
         model, tokenizer, spec.task, split=cfg.eval.split, data_dir=spec.data_dir,
         limit=cfg.eval.limit, progress=False, **scoring_settings(cfg),
@@ -86,6 +98,8 @@ def execute(spec_dict: dict[str, Any], job_id: str, *, log=print) -> dict[str, A
         "evaluation": evaluation,
         "train": {k: v for k, v in outcome.metrics.items() if isinstance(v, (int, float))},
         "train_seconds": round(train_seconds, 2),
+        "loop_seconds": outcome.metrics.get("loop_seconds"),
+        "eval_seconds": round(result.seconds, 2),
         "job_seconds": round(time.perf_counter() - started, 2),
         "trainable": model.parameter_counts(),
     }
@@ -104,4 +118,6 @@ def execute(spec_dict: dict[str, Any], job_id: str, *, log=print) -> dict[str, A
     primary = result.metrics[result.primary]
     log(f"published {ref}: {result.split} {result.primary} = {primary:.2f} (n={result.n})")
     return {"ref": str(ref), "metrics": {result.primary: primary, **result.metrics},
-            "evaluation": evaluation, "seconds": metrics["job_seconds"], "spec": to_dict(spec)}
+            "evaluation": evaluation, "seconds": metrics["job_seconds"],
+            "timing": {k: metrics[k] for k in ("job_seconds", "train_seconds", "loop_seconds", "eval_seconds")},
+            "spec": to_dict(spec)}

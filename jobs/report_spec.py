@@ -201,7 +201,7 @@ class ReportSpec:
 
     def __post_init__(self) -> None:
         from ldp.jobs.spec import _absolute, check_task_steps
-        from ldp.models.sizes import size_names
+        from ldp.models.presets import size_names
 
         if self.size not in size_names():
             raise ValueError(f"unknown size {self.size!r}; choose from {', '.join(size_names())}")

@@ -50,7 +50,7 @@ class JobSpec:
     """Merged into the generated DeepSpeed config."""
 
     def __post_init__(self) -> None:
-        from ldp.models.sizes import size_names
+        from ldp.models.presets import size_names
 
         if self.size not in size_names():
             raise ValueError(f"unknown size {self.size!r}; choose from {', '.join(size_names())}")

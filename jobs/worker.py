@@ -205,6 +205,9 @@ class _Progress:
         (the mean loss over the last ``log_every`` steps of this attempt)."""
         final: dict[str, Any] = {k: v for k, v in self.last.items() if k != "step"}
         final["step"] = step
+        # This attempt's training loop alone (not the start-up, the export or evaluation): what
+        # a job's overhead is measured against.
+        final["loop_seconds"] = round(time.perf_counter() - self.started_at, 3)
         if self.losses:
             tail = self.losses[-max(1, self.loop.log_every):]
             final["train_loss"] = sum(tail) / len(tail)

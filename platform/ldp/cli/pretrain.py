@@ -34,7 +34,7 @@ def pretrain(
     """Train a base masked-diffusion LM; report validation ELBO perplexity before and after."""
     from ldp import checks
     from ldp import config as cfgmod
-    from ldp.models.sizes import size_names
+    from ldp.models.presets import size_names
 
     if size is not None and size not in size_names():
         raise UsageError(f"unknown size {size!r}; choose from {', '.join(size_names())}")

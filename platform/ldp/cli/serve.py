@@ -258,7 +258,7 @@ def bench_serve(
     """Serving figures side by side: P4 (composed / base latency), P5 (mixed / one-adapter batch
     throughput), fixed vs threshold sampler (steps, latency, accuracy), req/s and p50/p99."""
     from ldp.data.tasks import get_task
-    from ldp.models.sizes import size_names
+    from ldp.models.presets import size_names
     from ldp.serve.bench import ServeBenchConfig, run_serve_bench
 
     if size not in size_names():

@@ -88,6 +88,9 @@ def submit(
 ) -> None:
     """Train one task adapter as a Ray Train + DeepSpeed job and publish it to the registry."""
     import os
+    import time
+
+    started = time.perf_counter()
 
     from ldp.config import to_dict
     from ldp.jobs import records
@@ -166,7 +169,7 @@ def submit(
 
     typer.echo(job_id)
     launch(spec, job_id=job_id, wait=wait, address=address)
-    _finish(job_id, wait=wait, address=address, json_out=json_out)
+    _finish(job_id, wait=wait, address=address, json_out=json_out, wall=time.perf_counter() - started)
 
 
 def _resolve_strategy(data: dict, gpus: int, gpu_mem: Optional[float], gpus_per_node: int) -> dict:
@@ -193,7 +196,11 @@ def _resume(job_id: str, *, wait: bool, address: Optional[str], json_out: bool) 
     _finish(job_id, wait=wait, address=address, json_out=json_out)
 
 
-def _finish(job_id: str, *, wait: bool, address: Optional[str], json_out: bool) -> None:
+def _finish(
+    job_id: str, *, wait: bool, address: Optional[str], json_out: bool, wall: Optional[float] = None
+) -> None:
+    """Print the job's result (``wait``) or how to follow it. ``wall``: seconds this command
+    took, to split into the training loop, evaluation and the rest."""
     from ldp.jobs import records
 
     if not wait:
@@ -210,3 +217,11 @@ def _finish(job_id: str, *, wait: bool, address: Optional[str], json_out: bool) 
         typer.echo(f"adapter: {result.get('ref')}")
         if primary:
             typer.echo(f"{ev.get('split')} {primary}: {ev['metrics'][primary]:.2f} (n={ev.get('n')})")
+        timing = result.get("timing") or {}
+        if timing.get("loop_seconds") is not None:
+            total = wall if wall is not None else timing["job_seconds"]
+            rest = total - timing["loop_seconds"] - timing["eval_seconds"]
+            typer.echo(
+                f"time: {total:.1f} s = training loop {timing['loop_seconds']:.1f} s + evaluation "
+                f"{timing['eval_seconds']:.1f} s + everything else {rest:.1f} s"
+            )

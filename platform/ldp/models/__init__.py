@@ -52,7 +52,7 @@ _WHERE = {
     "WarmStartConfig": "warmstart",
     "warm_start": "warmstart",
     "SIZES": "sizes",
-    "size_names": "sizes",
+    "size_names": "presets",
     "size_config": "sizes",
     "count_parameters": "sizes",
     "load_base": "loading",
