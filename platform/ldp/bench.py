@@ -79,8 +79,9 @@ def measure_method(method: str, cfg: BenchConfig) -> dict[str, Any]:
     """Measure one method in this process (call it in a fresh one)."""
     import torch
 
-    from ldp.diffusion import DiffusionConfig, sample, training_loss
+    from ldp.diffusion import DiffusionConfig, sample
     from ldp.methods import attach
+    from ldp.training.recipes.adapter import adapter_loss
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -91,7 +92,7 @@ def measure_method(method: str, cfg: BenchConfig) -> dict[str, Any]:
     response = torch.zeros(cfg.batch, cfg.seq, dtype=torch.bool)
     response[:, -cfg.response :] = True
     instruction = ~response
-    batch = {"input_ids": ids, "response_mask": response}
+    batch = {"input_ids": ids, "response_mask": response, "instruction_mask": instruction}
     diffusion = DiffusionConfig()
     total_base = sum(p.numel() for p in base.parameters())
 
@@ -114,16 +115,11 @@ def measure_method(method: str, cfg: BenchConfig) -> dict[str, Any]:
         model = attach(base, method, method_cfg)
         params = model.trainable_parameters()
         optimizer = torch.optim.AdamW(params, lr=1e-4)
-        reg = getattr(model, "regularization", None)
         gen = torch.Generator().manual_seed(1)
 
-        def hidden_fn(x, t, a):
-            return model.hidden_states(x, t, a, instruction_mask=instruction)
-
         def step() -> None:
-            loss, _ = training_loss(model, batch, diffusion, generator=gen, hidden_fn=hidden_fn)
-            if reg is not None:
-                loss = loss + sum(reg().values())
+            # The adapter recipe's own loss (regularisers included), as `ldp submit` trains it.
+            loss, _ = adapter_loss(model, batch, diffusion, gen)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

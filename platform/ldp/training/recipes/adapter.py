@@ -22,7 +22,7 @@ from ldp.training.loader import ResumableLoader
 from ldp.training.optim import OptimConfig
 from ldp.training.trainer import LoopConfig
 
-__all__ = ["AdapterConfig", "EvalConfig", "validate", "scoring_settings", "build", "export", "make_loss_fn", "load_model"]
+__all__ = ["AdapterConfig", "EvalConfig", "validate", "scoring_settings", "build", "export", "make_loss_fn", "adapter_loss", "load_model"]
 
 
 @dataclass
@@ -121,32 +121,37 @@ def scoring_settings(cfg: AdapterConfig) -> dict[str, Any]:
     }
 
 
+def adapter_loss(model, batch, diffusion: DiffusionConfig, generator) -> tuple[torch.Tensor, dict[str, float]]:
+    """One training step's loss: the diffusion loss with the batch's instruction context bound,
+    plus the method's regularisers (lora-diffusion's Eq. 17 terms). ``ldp bench`` times this."""
+    inner = getattr(model, "module", model)  # a DeepSpeed engine wraps the model
+    instruction = batch.get("instruction_mask")
+
+    def hidden_fn(x_t, t_norm, attention_mask):
+        # The loss reads H' on the answer only: a final-state adapter computes it there.
+        return inner.hidden_states(
+            x_t, t_norm, attention_mask, instruction_mask=instruction,
+            positions=batch["response_mask"],
+        )
+
+    loss, stats = training_loss(
+        inner, batch, diffusion, generator=generator, hidden_fn=hidden_fn,
+        t=batch.get("steps"),  # fixed steps per row (tests); drawn uniformly otherwise
+    )
+    regularization = getattr(inner, "regularization", None)
+    if regularization is not None:
+        terms = regularization()
+        for name, value in terms.items():
+            loss = loss + value
+            stats[f"reg_{name}"] = float(value.detach())
+    return loss, stats
+
+
 def make_loss_fn(cfg: AdapterConfig):
-    """``loss_fn(model, batch, generator)``: the diffusion loss with the batch's instruction
-    context bound, plus the method's regularisers (lora-diffusion's Eq. 17 terms)."""
+    """``loss_fn(model, batch, generator)``: :func:`adapter_loss` with the recipe's diffusion."""
 
     def loss_fn(model, batch, generator):
-        inner = getattr(model, "module", model)  # a DeepSpeed engine wraps the model
-        instruction = batch.get("instruction_mask")
-
-        def hidden_fn(x_t, t_norm, attention_mask):
-            # The loss reads H' on the answer only: a final-state adapter computes it there.
-            return inner.hidden_states(
-                x_t, t_norm, attention_mask, instruction_mask=instruction,
-                positions=batch["response_mask"],
-            )
-
-        loss, stats = training_loss(
-            inner, batch, cfg.diffusion, generator=generator, hidden_fn=hidden_fn,
-            t=batch.get("steps"),  # fixed steps per row (tests); drawn uniformly otherwise
-        )
-        regularization = getattr(inner, "regularization", None)
-        if regularization is not None:
-            terms = regularization()
-            for name, value in terms.items():
-                loss = loss + value
-                stats[f"reg_{name}"] = float(value.detach())
-        return loss, stats
+        return adapter_loss(model, batch, cfg.diffusion, generator)
 
     return loss_fn
 
