@@ -110,6 +110,7 @@ def run_training(
     import ray
     import ray.train
     from ldp.cluster import check_fits, connect, parse_strategy, scaling_config
+    from ldp.jobs.children import child_env
     from ldp.jobs.recipe import load_recipe
     from ray.train.torch import TorchTrainer
 
@@ -137,7 +138,10 @@ def run_training(
         fit = check_fits(num_workers, cpus_per_worker, gpus)
         if not fit.fits_now:
             print(f"[ldp] {fit.message}", flush=True)
-        env = {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}  # the dashboard's Train tab
+        # The workers resolve the defaults (registry, data mirror, caches) as this driver does:
+        # a head started from another shell has other environment variables, and an adapter
+        # trained on that registry's base would not load onto the one this driver evaluates.
+        env = {**child_env(), "RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}  # + the dashboard's Train tab
         os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # read by the driver
         # How often the controller polls the workers (Ray's default 2 s; Ray Train passes it
         # from the driver to the controller). A reported checkpoint is committed, and a finished

@@ -37,6 +37,7 @@ SHAPES = {
     "adapter.2.weight": [32, 16],
     "adapter.2.bias": [32],
 }
+DRIVER_REGISTRY = "memory://driver-only-registry"
 ZERO3_ALL_SHARDED = {"zero_optimization": {"stage3_param_persistence_threshold": 0}}
 
 
@@ -60,6 +61,7 @@ def ddp_run(local_ray, jobs_env, storage):
     }
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LDP_HOME", jobs_env["LDP_HOME"])
+        mp.setenv("LDP_REGISTRY", DRIVER_REGISTRY)  # set after the cluster started: only the driver has it
         job_id = launch(spec, wait=True)
         record = records.get_job(job_id)
         log = records.read_log(job_id)
@@ -118,6 +120,9 @@ def test_ddp_job_through_launch(ddp_run, storage, in_jobs_env, capsys):
     artifact = Path(rec.result["artifact"])
     assert artifact == storage / job_id / "artifact"  # Result.checkpoint is the artifact
     _check_artifact(artifact)
+    # The workers resolve their defaults from the driver's environment, not the cluster's.
+    seen = json.loads((artifact / "worker_env.json").read_text())
+    assert seen == {"LDP_HOME": in_jobs_env["LDP_HOME"], "LDP_REGISTRY": DRIVER_REGISTRY}
 
     # Per-step metrics beside the checkpoints: every step once, checkpoints every 5.
     log = read_metrics(str(storage), job_id)

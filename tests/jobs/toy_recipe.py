@@ -124,6 +124,9 @@ def export(built: Built, trainable_state: dict, folder: Path) -> None:
         {n: t.contiguous() for n, t in trainable_state.items()}, folder / "weights.safetensors"
     )
     (folder / "shapes.json").write_text(json.dumps(built.extra["shapes"]))
+    # What the worker resolves its defaults from (the driver's, whatever the cluster's own are).
+    seen = {k: os.environ.get(k) for k in ("LDP_HOME", "LDP_REGISTRY")}
+    (folder / "worker_env.json").write_text(json.dumps(seen))
 
 
 # --- a job kind for the jobs layer (registered by the tests, never by the package) -------------
