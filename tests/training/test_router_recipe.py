@@ -227,3 +227,16 @@ def test_train_adapters_publishes_new_versions_and_keeps_the_old(adapters, small
     assert (ref, routed) == ("routers/joint@1", new)
     bundle = publish_bundle(spec, reg, spec.base, routed, ref, {}, {}, None, "job-rerun")
     assert json.loads(reg.read_bytes(bundle, "bundle.json"))["adapters"] == new
+
+
+def test_an_adapter_loads_onto_a_preloaded_base_and_only_onto_its_own(adapters, small_base, tmp_path):
+    from ldp.bases import load_adapted, load_base_from
+    from ldp.errors import UsageError
+
+    loaded = load_base_from(str(small_base.folder))
+    model, _, info = load_adapted(str(adapters["trec"]), loaded=loaded)
+    assert model.base is loaded.model and info["base"] == loaded.source.ref
+
+    other = load_base_from(str(_other_base(small_base, tmp_path)))
+    with pytest.raises(UsageError, match="not on this base"):
+        load_adapted(str(adapters["trec"]), loaded=other)
