@@ -4,6 +4,7 @@ registry, evaluation; and spec errors that must stop before any Ray work."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from safetensors.torch import load_file
@@ -54,6 +55,11 @@ def test_submit_trains_evaluates_and_publishes(small_base, data_dir, tmp_path, c
     assert job_id.startswith("ldp-sst2-")
     assert "adapter: adapters/sst2/lora-diffusion@1" in out
     assert "validation accuracy:" in out
+    # Where the time went: the loop and the evaluation, measured where they ran, and the rest.
+    number = r"-?[\d.]+ s"
+    assert re.search(
+        rf"time: {number} = training loop {number} \+ evaluation {number} \+ everything else {number}", out
+    )
 
     from ldp.store import Registry
 
@@ -63,6 +69,7 @@ def test_submit_trains_evaluates_and_publishes(small_base, data_dir, tmp_path, c
     assert weights and all(t.numel() > 0 for t in weights.values())
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["evaluation"]["n"] == 16 and metrics["train"]["step"] == 8
+    assert 0 < metrics["loop_seconds"] < metrics["train_seconds"] and metrics["eval_seconds"] > 0
     assert (folder / "job_spec.yaml").is_file()
 
     assert main(["status", job_id, "--json"]) == 0

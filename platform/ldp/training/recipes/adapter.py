@@ -121,7 +121,9 @@ def scoring_settings(cfg: AdapterConfig) -> dict[str, Any]:
     }
 
 
-def adapter_loss(model, batch, diffusion: DiffusionConfig, generator) -> tuple[torch.Tensor, dict[str, float]]:
+def adapter_loss(
+    model, batch, diffusion: DiffusionConfig, generator
+) -> tuple[torch.Tensor, dict[str, float]]:
     """One training step's loss: the diffusion loss with the batch's instruction context bound,
     plus the method's regularisers (lora-diffusion's Eq. 17 terms). ``ldp bench`` times this."""
     inner = getattr(model, "module", model)  # a DeepSpeed engine wraps the model
