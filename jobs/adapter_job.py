@@ -94,13 +94,16 @@ def execute(spec_dict: dict[str, Any], job_id: str, *, log=print) -> dict[str, A
         limit=cfg.eval.limit, progress=False, **scoring_settings(cfg),
     )
     evaluation = result.to_dict(base=base)
-    metrics = {
-        "evaluation": evaluation,
-        "train": {k: v for k, v in outcome.metrics.items() if isinstance(v, (int, float))},
+    timing = {
+        "job_seconds": round(time.perf_counter() - started, 2),
         "train_seconds": round(train_seconds, 2),
         "loop_seconds": outcome.metrics.get("loop_seconds"),
         "eval_seconds": round(result.seconds, 2),
-        "job_seconds": round(time.perf_counter() - started, 2),
+    }
+    metrics = {
+        "evaluation": evaluation,
+        "train": {k: v for k, v in outcome.metrics.items() if isinstance(v, (int, float))},
+        **timing,
         "trainable": model.parameter_counts(),
     }
     with tempfile.TemporaryDirectory(prefix=f"ldp-{job_id}-") as tmp:
@@ -118,6 +121,5 @@ def execute(spec_dict: dict[str, Any], job_id: str, *, log=print) -> dict[str, A
     primary = result.metrics[result.primary]
     log(f"published {ref}: {result.split} {result.primary} = {primary:.2f} (n={result.n})")
     return {"ref": str(ref), "metrics": {result.primary: primary, **result.metrics},
-            "evaluation": evaluation, "seconds": metrics["job_seconds"],
-            "timing": {k: metrics[k] for k in ("job_seconds", "train_seconds", "loop_seconds", "eval_seconds")},
+            "evaluation": evaluation, "seconds": timing["job_seconds"], "timing": timing,
             "spec": to_dict(spec)}

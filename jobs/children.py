@@ -25,8 +25,12 @@ from typing import Any
 
 __all__ = ["child_env", "child_error", "run_children", "worker_group_slots"]
 
-_FORWARDED = ("LDP_HOME", "LDP_REGISTRY", "LDP_DATA_DIR", "LDP_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-"""Environment a child's driver needs from its parent (Ray workers do not inherit the parent's)."""
+_FORWARDED = (
+    "LDP_HOME", "LDP_REGISTRY", "LDP_DATA_DIR", "LDP_CACHE", "TORCH_EXTENSIONS_DIR",
+    "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
+)
+"""Environment a child's driver, and a training run's workers, need from the process that
+started them (Ray workers do not inherit it): only what is set there is passed."""
 
 
 def child_env() -> dict[str, str]:

@@ -138,17 +138,16 @@ def run_training(
         fit = check_fits(num_workers, cpus_per_worker, gpus)
         if not fit.fits_now:
             print(f"[ldp] {fit.message}", flush=True)
-        # The workers resolve the defaults (registry, data mirror, caches) as this driver does:
-        # a head started from another shell has other environment variables, and an adapter
-        # trained on that registry's base would not load onto the one this driver evaluates.
+        # The workers resolve the defaults (registry, data mirror, caches, the DeepSpeed op's
+        # build folder) as this driver does: a head started from another shell has other
+        # environment variables, and an adapter trained on that registry's base would not load
+        # onto the one this driver evaluates.
         env = {**child_env(), "RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}  # + the dashboard's Train tab
         os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # read by the driver
         # How often the controller polls the workers (Ray's default 2 s; Ray Train passes it
         # from the driver to the controller). A reported checkpoint is committed, and a finished
         # run noticed, only at a poll: at 2 s every short job waited ~5 s on polls alone.
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(HEALTH_CHECK_INTERVAL_S))
-        if os.environ.get("TORCH_EXTENSIONS_DIR"):
-            env["TORCH_EXTENSIONS_DIR"] = os.environ["TORCH_EXTENSIONS_DIR"]
         trainer = TorchTrainer(
             train_worker,
             train_loop_config={
