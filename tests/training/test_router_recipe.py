@@ -47,6 +47,20 @@ def router_folder(adapters, small_base, data_dir, tmp_path_factory):
     return folder, result
 
 
+@pytest.fixture(scope="module")
+def bundle_dir(router_folder, adapters, small_base):
+    """A bundle folder of the two adapters and the router (each test that needs one gets it,
+    whichever xdist worker runs it)."""
+    folder, _ = router_folder
+    out = folder.parent / "bundle"
+    out.mkdir(exist_ok=True)
+    (out / "bundle.json").write_text(json.dumps({
+        "base": {"ref": str(small_base.folder)}, "adapters": {t: str(p) for t, p in adapters.items()},
+        "router": str(folder),
+    }))
+    return out
+
+
 def test_router_recipe_trains_and_exports(router_folder, adapters):
     from ldp.methods.router import load_router
 
@@ -62,18 +76,11 @@ def test_router_recipe_trains_and_exports(router_folder, adapters):
     assert float(router.input_scale.min()) > 0 and not torch.equal(router.input_mean, torch.zeros_like(router.input_mean))
 
 
-def test_oracle_mix_scores_exactly_as_the_adapter_alone(router_folder, adapters, small_base, data_dir):
+def test_oracle_mix_scores_exactly_as_the_adapter_alone(bundle_dir, adapters, data_dir):
     from ldp.bases import load_adapted
     from ldp.evaluation import evaluate_task
     from ldp.evaluation.composition import MixedModel, load_bundle, parse_weights, router_accuracy
 
-    folder, _ = router_folder
-    bundle_dir = folder.parent / "bundle"
-    bundle_dir.mkdir(exist_ok=True)
-    (bundle_dir / "bundle.json").write_text(json.dumps({
-        "base": {"ref": str(small_base.folder)}, "adapters": {t: str(p) for t, p in adapters.items()},
-        "router": str(folder),
-    }))
     bundle = load_bundle(str(bundle_dir))
     comp = bundle.composition
     assert comp.names == TASKS and comp.router is not None
@@ -85,9 +92,7 @@ def test_oracle_mix_scores_exactly_as_the_adapter_alone(router_folder, adapters,
     assert set(acc) == {*TASKS, "overall"} and acc["overall"] >= 0.75
 
 
-def test_eval_cli_bundle_and_mix(router_folder, adapters, small_base, data_dir, tmp_path, capsys):
-    folder, _ = router_folder
-    bundle_dir = folder.parent / "bundle"
+def test_eval_cli_bundle_and_mix(bundle_dir, adapters, data_dir, tmp_path, capsys):
     common = ["--data-dir", str(data_dir), "--limit", "4", "--elbo-samples", "1"]
     assert main(["eval", "--bundle", str(bundle_dir), "--task", "sst2", "--weights", "auto", "--json", "-", *common]) == 0
     out = json.loads(capsys.readouterr().out)
