@@ -22,8 +22,9 @@ from ldp.config import dump_yaml, to_dict
 __all__ = ["execute", "ensure_base"]
 
 
-def ensure_base(spec, log=print) -> str:
-    """A concrete base reference (``bases/tiny@3``) or folder for ``spec``."""
+def ensure_base(spec, log=print, timing: dict[str, float] | None = None) -> str:
+    """A concrete base reference (``bases/tiny@3``) or folder for ``spec``. When the tiny base
+    has to be built first, ``timing["base_build_seconds"]`` (if given) says how long that took."""
     from ldp.bases import is_registry_ref
     from ldp.errors import NotFoundError
     from ldp.store import Registry
@@ -40,10 +41,13 @@ def ensure_base(spec, log=print) -> str:
     from ldp.training.recipes.pretrain import PretrainConfig, run_pretrain
 
     log(f"no {ref} in the registry: building it (MiniLM warm start, {spec.base_steps} steps)")
+    started = time.perf_counter()
     cfg = PretrainConfig(size="tiny", init="minilm", corpus="wikitext", data_dir=spec.data_dir)
     cfg.loop.max_steps = spec.base_steps
     cfg.val_blocks = 32
     result = run_pretrain(cfg, registry=spec.registry, job=None, progress=True, log=log)
+    if timing is not None:
+        timing["base_build_seconds"] = round(time.perf_counter() - started, 2)
     return str(result.ref)
 
 
@@ -74,7 +78,8 @@ def execute(spec_dict: dict[str, Any], job_id: str, *, log=print) -> dict[str, A
 
     spec = validate_spec(spec_dict)
     started = time.perf_counter()
-    base = ensure_base(spec, log=log)
+    built: dict[str, float] = {}
+    base = ensure_base(spec, log=log, timing=built)
     config = train_config(spec, base)
     cfg = validate(config)
     log(f"job {job_id}: {spec.method} adapter for {spec.task} on {base}, "
@@ -99,6 +104,7 @@ def execute(spec_dict: dict[str, Any], job_id: str, *, log=print) -> dict[str, A
         "train_seconds": round(train_seconds, 2),
         "loop_seconds": outcome.metrics.get("loop_seconds"),
         "eval_seconds": round(result.seconds, 2),
+        **built,
     }
     metrics = {
         "evaluation": evaluation,

@@ -40,6 +40,21 @@ def test_invalid_specs_exit_2_before_any_ray_work(args, needle, capsys, monkeypa
     assert out == ""  # no job id printed for a job that never existed
 
 
+def test_time_line_splits_the_wall_time():
+    from ldp.cli.submit import time_line
+
+    timing = {"job_seconds": 50.0, "loop_seconds": 20.0, "eval_seconds": 10.0}
+    assert time_line(timing, wall=60.0) == (
+        "time: 60.0 s = training loop 20.0 s + evaluation 10.0 s + everything else 30.0 s")
+    assert time_line(timing).startswith("time: 50.0 s =") and time_line(timing).endswith("else 20.0 s")
+    # A job that had to build its base first says so, and the rest shrinks by the build.
+    built = {**timing, "base_build_seconds": 25.0}
+    assert time_line(built, wall=60.0) == (
+        "time: 60.0 s = building the base 25.0 s + training loop 20.0 s + evaluation 10.0 s"
+        " + everything else 5.0 s")
+    assert time_line({"job_seconds": 5.0}) is None  # a result from before timing existed
+
+
 @pytest.mark.slow
 def test_submit_trains_evaluates_and_publishes(small_base, data_dir, tmp_path, capsys, in_jobs_env):
     registry = (tmp_path / "registry").as_uri()

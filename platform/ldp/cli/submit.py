@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -217,11 +217,22 @@ def _finish(
         typer.echo(f"adapter: {result.get('ref')}")
         if primary:
             typer.echo(f"{ev.get('split')} {primary}: {ev['metrics'][primary]:.2f} (n={ev.get('n')})")
-        timing = result.get("timing") or {}
-        if timing.get("loop_seconds") is not None:
-            total = wall if wall is not None else timing["job_seconds"]
-            rest = total - timing["loop_seconds"] - timing["eval_seconds"]
-            typer.echo(
-                f"time: {total:.1f} s = training loop {timing['loop_seconds']:.1f} s + evaluation "
-                f"{timing['eval_seconds']:.1f} s + everything else {rest:.1f} s"
-            )
+        line = time_line(result.get("timing") or {}, wall)
+        if line:
+            typer.echo(line)
+
+
+def time_line(timing: dict[str, Any], wall: Optional[float] = None) -> Optional[str]:
+    """Where a job's time went, from its result's ``timing``: the base build (when the job had
+    to build its base), the training loop and the evaluation as measured where they ran, and the
+    rest (Ray and worker start-up, checkpoints, loading). ``wall``: this command's own seconds,
+    else the job's. None for a result without timing (a job from an older release)."""
+    if timing.get("loop_seconds") is None:
+        return None
+    total = wall if wall is not None else timing["job_seconds"]
+    built = timing.get("base_build_seconds")
+    parts = [("building the base", built)] if built else []
+    parts += [("training loop", timing["loop_seconds"]), ("evaluation", timing["eval_seconds"])]
+    rest = total - sum(seconds for _, seconds in parts)
+    return f"time: {total:.1f} s = " + " + ".join(
+        f"{name} {seconds:.1f} s" for name, seconds in [*parts, ("everything else", rest)])
