@@ -48,6 +48,27 @@ def test_default_config_targets_q_k_v_o_of_every_layer_with_rank_64():
     assert model.parameter_counts()["trainable"] == len(layers) * 2 * 64 * 32
 
 
+@pytest.mark.parametrize("backbone", ["native", "bert"])
+def test_feed_forward_targets_adapt_up_and_down_of_every_block(tmp_path, backbone):
+    make = BACKBONES[backbone]
+    base = make(0)
+    model = METHOD.attach(base, METHOD.build_config({"r": 4, "targets": ["q", "k", "v", "o", "up", "down"]}))
+    parts = base.block_parts()
+    adapted = {n for n, m in base.named_modules() if isinstance(m, LoraLayer)}
+    assert len(adapted) == 6 * len(base.blocks())
+    for block in base.blocks():
+        assert isinstance(block.get_submodule(parts.up), LoraLayer)
+        assert isinstance(block.get_submodule(parts.down), LoraLayer)
+    ids, t = torch.randint(4, 64, (2, 9)), torch.tensor([0.3, 0.8])
+    assert torch.equal(model(ids, t), make(0)(ids, t))  # B starts at zero: exactly the base
+    with torch.no_grad():
+        for p in model.trainable_parameters():
+            p.normal_(0, 0.2)
+    expected = model(ids, t)
+    folder = model.save_adapter(tmp_path / "lora", base_name="bases/tiny@1")
+    assert torch.equal(load_adapter(make(0), folder)(ids, t), expected)
+
+
 def test_missing_target_module_is_refused_not_silently_skipped():
     base = make_native()
     del base.layers[1].attn.o_proj  # one of the 8 intended targets no longer exists

@@ -185,6 +185,8 @@ def test_block_parts_name_linear_layers_peft_can_target(make_tiny):
         for field in ("q", "k", "v", "o"):
             assert isinstance(block.get_submodule(getattr(parts, field)), nn.Linear)
             names.append(f"layers.{i}.{getattr(parts, field)}")
+        assert block.get_submodule(parts.up) is block.mlp.up_proj
+        assert block.get_submodule(parts.down) is block.mlp.down_proj
         assert block.get_submodule(parts.attention) is block.attn
         assert block.get_submodule(parts.ffn) is block.mlp
     peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=names))

@@ -137,6 +137,9 @@ def test_block_parts_resolve_in_every_layer(tiny_mlm_folder):
         for field in ("q", "k", "v", "o"):
             assert isinstance(block.get_submodule(getattr(parts, field)), nn.Linear)
             names.append(f"{paths[id(block)]}.{getattr(parts, field)}")
+        up, down = block.get_submodule(parts.up), block.get_submodule(parts.down)
+        assert isinstance(up, nn.Linear) and isinstance(down, nn.Linear)
+        assert up.in_features == down.out_features == 32 and up.out_features == down.in_features
         block.get_submodule(parts.attention)
         block.get_submodule(parts.ffn)
     peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=names))

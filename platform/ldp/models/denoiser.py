@@ -40,15 +40,19 @@ def position_ids(attention_mask: torch.Tensor | None, batch: int, length: int,
 class BlockParts(Protocol):
     """Where adaptation methods attach inside one transformer block (names relative to the block).
 
-    ``q``, ``k``, ``v``, ``o``: the attention projections (``nn.Linear``); ``attention``: the
-    module whose output is the attention sub-layer's output before the residual add; ``ffn``: the
-    module whose output is the feed-forward sub-layer's output before the residual add.
+    ``q``, ``k``, ``v``, ``o``: the attention projections (``nn.Linear``); ``up``, ``down``: the
+    feed-forward sub-layer's input and output projections (``nn.Linear``; a gated FFN's gate is
+    not named); ``attention``: the module whose output is the attention sub-layer's output before
+    the residual add; ``ffn``: the module whose output is the feed-forward sub-layer's output
+    before the residual add.
     """
 
     q: str
     k: str
     v: str
     o: str
+    up: str
+    down: str
     attention: str
     ffn: str
 

@@ -384,6 +384,8 @@ class NativeBlockParts:
     k: str = "attn.k_proj"
     v: str = "attn.v_proj"
     o: str = "attn.o_proj"
+    up: str = "mlp.up_proj"
+    down: str = "mlp.down_proj"
     attention: str = "attn"
     ffn: str = "mlp"
     self_attention: str = "attn"

@@ -96,6 +96,8 @@ class EncoderBlockParts:
     k: str
     v: str
     o: str
+    up: str
+    down: str
     attention: str
     ffn: str
     self_attention: str
@@ -107,6 +109,8 @@ _BERT_PARTS = EncoderBlockParts(
     k="attention.self.key",
     v="attention.self.value",
     o="attention.output.dense",
+    up="intermediate.dense",
+    down="output.dense",
     attention="attention.output.dropout",
     ffn="output.dropout",
     self_attention="attention.self",
@@ -116,6 +120,8 @@ _DISTILBERT_PARTS = EncoderBlockParts(
     k="attention.k_lin",
     v="attention.v_lin",
     o="attention.out_lin",
+    up="ffn.lin1",
+    down="ffn.lin2",
     attention="attention",
     ffn="ffn",
     self_attention="attention",
@@ -507,7 +513,7 @@ class WarmStartDenoiser(DenoiserAttributes, PreTrainedModel):
         block = self.blocks()[0]
         for parts in (_BERT_PARTS, _DISTILBERT_PARTS):
             try:
-                for name in (parts.q, parts.k, parts.v, parts.o, parts.attention, parts.ffn):
+                for name in (parts.q, parts.k, parts.v, parts.o, parts.up, parts.down, parts.attention, parts.ffn):
                     block.get_submodule(name)
             except AttributeError:
                 continue

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 __all__ = ["WeightLoraConfig"]
 
-_PARTS = ("q", "k", "v", "o")
+_ATTENTION = ("q", "k", "v", "o")
+_PARTS = (*_ATTENTION, "up", "down")
 
 
 @dataclass
@@ -17,8 +18,9 @@ class WeightLoraConfig:
     """lora_alpha; the update is scaled by alpha / r (1.0 by default)."""
     dropout: float = 0.0
     """Dropout on the LoRA branch's input."""
-    targets: list[str] = field(default_factory=lambda: list(_PARTS))
-    """Which attention projections of every block get LoRA (``base.block_parts()`` fields)."""
+    targets: list[str] = field(default_factory=lambda: list(_ATTENTION))
+    """Which projections of every block get LoRA (``base.block_parts()`` fields): the attention's
+    q, k, v, o (the default, the paper's baseline) and the feed-forward's up and down."""
 
     def __post_init__(self) -> None:
         if self.r < 1:
@@ -31,6 +33,6 @@ class WeightLoraConfig:
             raise ValueError("targets must name at least one projection")
         bad = sorted(set(self.targets) - set(_PARTS))
         if bad:
-            raise ValueError(f"targets: unknown projection {bad[0]!r} (known: q, k, v, o)")
+            raise ValueError(f"targets: unknown projection {bad[0]!r} (known: {', '.join(_PARTS)})")
         if len(set(self.targets)) != len(self.targets):
             raise ValueError(f"targets has duplicates: {self.targets}")

@@ -1,4 +1,5 @@
-"""Weight LoRA through ``peft``: ``W x + (alpha / r) B A x`` on every block's q, k, v, o.
+"""Weight LoRA through ``peft``: ``W x + (alpha / r) B A x`` on every block's q, k, v, o (and,
+when asked, the feed-forward's up and down projections).
 
 Target modules are given to peft as exact qualified names built from ``base.blocks()`` and
 ``base.block_parts()``; after injection every intended name must be a peft ``LoraLayer``, else
@@ -75,7 +76,8 @@ class WeightLoraModel(AdaptedModel):
         if missing or len(layers) != expected:
             raise UsageError(
                 f"weight-lora: matched {len(layers)} of {expected} target modules "
-                f"(4 x {len(self.base.blocks())} layers for q,k,v,o)"
+                f"({len(self.config.targets)} x {len(self.base.blocks())} layers for "
+                f"{','.join(self.config.targets)})"
                 + (f"; missing e.g. {missing[0]!r}" if missing else "")
             )
         return layers
