@@ -16,6 +16,11 @@ Needs ``LDP_REGISTRY`` (holding ``bases/tiny``) and ``LDP_DATA_DIR``.
 
     LDP_REGISTRY=~/.ldp/registry LDP_DATA_DIR=../shared/data python benchmarks/overfit.py \
         --method weight-lora --steps 150 [--lr 3e-3] [--set method_config.r=16 ...]
+
+Diagnostics: ``--only REGEX`` trains only the method's parameters whose names match (with
+``--method full``: one part of the base, e.g. ``'attention\.(self|output\.dense)'``);
+``--lr-scale REGEX=K`` trains parameters whose names match at K times the lr, and makes a
+matching frozen parameter trainable (``'lm_head\.decoder\.bias=100'``: the output bias at 100x).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import time
 
 import torch
@@ -38,6 +44,9 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--elbo", type=int, default=4, help="scorer subsets per mask size")
     p.add_argument("--val", type=int, default=0, help="also score K validation examples")
     p.add_argument("--no-train-eval", action="store_true", help="skip the scorer on the N examples")
+    p.add_argument("--only", default=None, help="train only the parameters whose names match")
+    p.add_argument("--lr-scale", nargs="*", default=[], metavar="REGEX=K",
+                   help="parameters whose names match train at K x the lr (frozen ones too)")
     return p.parse_args()
 
 
@@ -63,6 +72,34 @@ def first_token_fit(model, tok, rows: list[dict], verbalizers: list[str], width:
     return {"tT_acc": correct / len(rows), "margin": sum(margins) / len(margins), "spread": spread}
 
 
+def select_trainable(built, only: str | None, lr_scales: list[str]) -> list[torch.nn.Parameter]:
+    """The parameters to train: the method's own (those matching ``only``), plus any parameter of
+    the model matching a ``REGEX=K`` of ``lr_scales``, which trains at K x the lr."""
+    from ldp.training.optim import set_lr_scale
+
+    named = dict(built.named_trainable)
+    if only is not None:
+        for name, param in named.items():
+            param.requires_grad_(bool(re.search(only, name)))
+        named = {n: p for n, p in named.items() if p.requires_grad}
+        if not named:
+            raise SystemExit(f"--only {only!r} matches none of the method's parameters")
+    for item in lr_scales:
+        pattern, _, scale = item.rpartition("=")
+        matched = {n: p for n, p in built.model.named_parameters() if re.search(pattern, n)}
+        try:
+            factor = float(scale)
+            set_lr_scale(matched.values(), factor)
+        except ValueError:
+            matched = {}
+        if not pattern or not matched:
+            raise SystemExit(f"--lr-scale {item!r}: expected REGEX=K (K > 0) matching a parameter name")
+        for param in matched.values():
+            param.requires_grad_(True)
+        named.update(matched)
+    return list(named.values())
+
+
 def main() -> None:
     from ldp import config as cfgmod
     from ldp.data.collate import build_sft_dataset
@@ -81,14 +118,16 @@ def main() -> None:
            "val_limit": 16, "data_dir": data_dir}
     cfg = cfgmod.apply_overrides(cfg, {**overrides, **cfgmod.parse_overrides(a.set)})
     built = rec.build(cfg, 0, 1)
+    trainable = select_trainable(built, a.only, a.lr_scale)
     t0 = time.time()
     result = Trainer(built.model, built.loss_fn, built.train_loader, loop=built.loop, optim=built.optim,
-                     trainable=list(built.named_trainable.values()), progress=False).train()
+                     trainable=trainable, progress=False).train()
     train_s = time.time() - t0
     model, tok = built.model.eval(), built.extra["tokenizer"]
     spec = get_task("sst2")
     rows = build_sft_dataset("sst2", "train", tok, data_dir, limit=a.n)
     out = {"method": a.method, "steps": a.steps, "lr": built.extra["cfg"].optim.lr, "set": a.set,
+           "only": a.only, "lr_scale": a.lr_scale, "trained": sum(p.numel() for p in trainable),
            "train_s": round(train_s, 1), "final_loss": getattr(result, "train_loss", None),
            **first_token_fit(model, tok, [rows[i] for i in range(len(rows))], list(spec.label.verbalizers),
                              spec.max_new_tokens)}
