@@ -223,28 +223,36 @@ def connect(
         cpus = num_cpus if num_cpus is not None else (os.cpu_count() or 1)
         if cpus < 1:
             raise UsageError(f"--num-cpus must be >= 1, got {cpus}")
-        dashboard: dict[str, Any] = {}
-        if include_dashboard:
-            # Ray Train's helper actors (the placement-group cleaner, the state actor) look their
-            # cluster up through the state API with no address; with a second Ray on the machine
-            # that lookup fails ("Found multiple active Ray instances"), the cleaner thread dies
-            # and a stopped trial's placement group is never freed (a sweep then waits forever
-            # for CPUs). Pinning the dashboard port lets every worker be told its own API server.
-            from ray._private.ray_constants import DEFAULT_DASHBOARD_PORT
+        # The dashboard's start can time out on a loaded machine ("Failed to start the
+        # dashboard", seen once in a CI run on 2 busy cores): one more try, on a port chosen
+        # again, before giving up.
+        for attempt in (1, 2):
+            dashboard: dict[str, Any] = {}
+            if include_dashboard:
+                # Ray Train's helper actors (the placement-group cleaner, the state actor) look
+                # their cluster up through the state API with no address; with a second Ray on the
+                # machine that lookup fails ("Found multiple active Ray instances"), the cleaner
+                # thread dies and a stopped trial's placement group is never freed (a sweep then
+                # waits forever for CPUs). Pinning the dashboard port lets every worker be told
+                # its own API server.
+                from ray._private.ray_constants import DEFAULT_DASHBOARD_PORT
 
-            port = preferred_port(DEFAULT_DASHBOARD_PORT)
-            dashboard = {"dashboard_port": port}
-            runtime_env = {"env_vars": {**env, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}
-        try:
-            info = ray.init(
-                address="local",
-                num_cpus=cpus,
-                include_dashboard=include_dashboard,
-                runtime_env=runtime_env,
-                **dashboard,
-            )
-        except Exception as exc:
-            raise LdpError(f"could not start a local Ray: {first_line(exc)}") from exc
+                port = preferred_port(DEFAULT_DASHBOARD_PORT)
+                dashboard = {"dashboard_port": port}
+                runtime_env = {"env_vars": {**env, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}
+            try:
+                info = ray.init(
+                    address="local",
+                    num_cpus=cpus,
+                    include_dashboard=include_dashboard,
+                    runtime_env=runtime_env,
+                    **dashboard,
+                )
+                break
+            except Exception as exc:
+                ray.shutdown()
+                if attempt == 2 or "dashboard" not in str(exc).lower():
+                    raise LdpError(f"could not start a local Ray: {first_line(exc)}") from exc
         gcs = info.address_info.get("gcs_address") or ray.get_runtime_context().gcs_address
         return ClusterHandle("local", gcs, _dashboard_url(info), runtime_env, owns_driver=True)
 
