@@ -11,8 +11,11 @@ or ``max_parallel``. A cell's ``seconds`` is its own wall time with the others r
 ``max_parallel: 1`` gives timings of cells run alone.
 
 The result holds one row per cell (primary metric, trainable parameters and %, training time,
-registry reference) and per method the average over tasks and the percentage of full
-fine-tuning (per task and of the averages). :func:`format_markdown` renders it.
+registry reference), per method the average over tasks, the percentage of full fine-tuning (per
+task and of the averages) and the points above the label marginal, and per classification task
+that marginal: the score of always answering the training split's most common label
+(:mod:`ldp.evaluation.majority`), the number a method must beat to have learned from its input.
+:func:`format_markdown` renders it.
 """
 
 from __future__ import annotations
@@ -137,20 +140,27 @@ def _cell_from_registry(reg, ref: str) -> dict[str, Any]:
     }
 
 
-def summarise(rows: list[dict[str, Any]], tasks: list[str], methods: list[str]) -> dict[str, Any]:
-    """Per method: average over tasks, % of full fine-tuning (of the averages and per task)."""
+def summarise(
+    rows: list[dict[str, Any]], tasks: list[str], methods: list[str],
+    majority: dict[str, dict[str, Any] | None] | None = None,
+) -> dict[str, Any]:
+    """Per method: average over tasks, % of full fine-tuning (of the averages and per task), and
+    points above the label marginal per task (``majority``: :func:`majority_rows`)."""
     score = {(r["task"], r["method"]): r.get("score") for r in rows if r.get("score") is not None}
+    marginal = {t: (m or {}).get("score") for t, m in (majority or {}).items()}
     out: dict[str, Any] = {}
     for method in methods:
         values = [score.get((t, method)) for t in tasks]
         complete = all(v is not None for v in values)
         avg = sum(values) / len(values) if complete else None
-        per_task = {}
+        per_task, above = {}, {}
         for t in tasks:
             full = score.get((t, "full"))
             mine = score.get((t, method))
             per_task[t] = round(100.0 * mine / full, 1) if full and mine is not None else None
-        out[method] = {"average": avg, "pct_of_full_by_task": per_task}
+            floor = marginal.get(t)
+            above[t] = round(mine - floor, 1) if mine is not None and floor is not None else None
+        out[method] = {"average": avg, "pct_of_full_by_task": per_task, "above_majority_by_task": above}
     full_avg = out.get("full", {}).get("average")
     for method in methods:
         avg = out[method]["average"]
@@ -190,7 +200,8 @@ def execute(spec_dict: dict[str, Any], job_id: str, *, log=print) -> dict[str, A
     if todo:  # Ray starts only when a cell must train: a rerun that reuses every cell needs none
         by_cell.update(_train_cells(spec, todo, reg, job_id, log))
     rows = [by_cell[c] for c in cells]
-    summary = summarise(rows, tasks, spec.methods)
+    majority = majority_rows(spec, tasks, log)
+    summary = summarise(rows, tasks, spec.methods, majority)
     failed = [r for r in rows if "error" in r]
     if len(failed) == len(rows):
         raise LdpError(f"every cell failed, e.g. {failed[0]['task']}/{failed[0]['method']}: {failed[0]['error']}")
@@ -202,11 +213,31 @@ def execute(spec_dict: dict[str, Any], job_id: str, *, log=print) -> dict[str, A
         "skipped": skipped,
         "methods": spec.methods,
         "rows": rows,
+        "majority": majority,
         "summary": summary,
         "seconds": round(time.perf_counter() - started, 1),
         "metrics": {m: s["average"] for m, s in summary.items() if s["average"] is not None},
         "spec": to_dict(spec),
     }
+
+
+def majority_rows(spec: CompareSpec, tasks: list[str], log=print) -> dict[str, dict[str, Any] | None]:
+    """Per task, the label-marginal reference scored like every cell (same split and limit,
+    the cells' training examples); None for a task without verbalisers or whose data fails
+    to load (logged: the reference is context, it never fails the comparison)."""
+    from ldp.errors import first_line
+    from ldp.evaluation.majority import majority_baseline
+
+    out: dict[str, dict[str, Any] | None] = {}
+    for task in tasks:
+        try:
+            found = majority_baseline(task, spec.split, spec.data_dir, train_limit=spec.train.get("train_limit"),
+                                      eval_limit=spec.eval_limit)
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            log(f"[ldp] {task}: no label-marginal reference ({first_line(exc)})")
+            found = None
+        out[task] = found.to_dict() if found is not None else None
+    return out
 
 
 def _log_cell(log, row: dict[str, Any]) -> None:
@@ -266,6 +297,28 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
+def _majority_lines(result: dict[str, Any], tasks: list[str]) -> list[str]:
+    """The label-marginal row of the table and the footnote naming each task's label."""
+    majority = result.get("majority") or {}
+    found = {t: m for t, m in majority.items() if m and t in tasks}
+    if not found:
+        return []
+    scores = [found[t]["score"] if t in found else None for t in tasks]
+    avg = sum(scores) / len(scores) if all(v is not None for v in scores) else None
+    full = (result["summary"].get("full") or {}).get("average")
+    pct = round(100.0 * avg / full, 1) if avg is not None and full else None
+    row = ["label marginal †", *(_fmt(v) for v in scores), _fmt(avg), _fmt(pct), "0", "—", "—"]
+    names = ", ".join(f"{t}: {m['label']} ({m['train_share']:.1f}% of train)" for t, m in found.items())
+    return [
+        "| " + " | ".join(row) + " |",
+        "",
+        (
+            f"† always the training split's most common label, scored like the cells ({names}); "
+            "a method at this score has learned the label distribution and nothing from its input."
+        ),
+    ]
+
+
 def format_markdown(result: dict[str, Any]) -> str:
     """The Table 7 analogue as Markdown: primary metric per task, average, % of full FT,
     trainable parameters and %, and training time (summed over tasks)."""
@@ -295,6 +348,7 @@ def format_markdown(result: dict[str, Any]) -> str:
             _fmt(sum(seconds), 0) if seconds else "—",
         ]
         lines.append("| " + " | ".join(row) + " |")
+    lines += _majority_lines(result, tasks)
     if result.get("skipped"):
         lines.append("")
     for task, why in (result.get("skipped") or {}).items():

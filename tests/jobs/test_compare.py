@@ -29,6 +29,29 @@ def test_summary_averages_and_percent_of_full():
                              "split": "validation", "base": "bases/x@1",
                              "rows": rows, "summary": out})
     assert "| bitfit | 50.0 | FAILED |" in table and "- FAILED b/bitfit: boom" in table
+    assert "label marginal" not in table  # no reference given, no row
+
+
+def test_label_marginal_row_and_points_above_it():
+    rows = [
+        {"task": "a", "method": "full", "score": 80.0},
+        {"task": "b", "method": "full", "score": 60.0},
+        {"task": "a", "method": "bitfit", "score": 50.0},
+        {"task": "b", "method": "bitfit", "score": 17.0},
+    ]
+    majority = {
+        "a": {"label": "positive", "train_share": 54.75, "score": 50.0},
+        "b": {"label": "human", "train_share": 23.25, "score": 19.0},
+    }
+    out = summarise(rows, ["a", "b"], ["full", "bitfit"], majority)
+    assert out["full"]["above_majority_by_task"] == {"a": 30.0, "b": 41.0}
+    assert out["bitfit"]["above_majority_by_task"] == {"a": 0.0, "b": -2.0}
+    table = format_markdown({"tasks": ["a", "b"], "methods": ["full", "bitfit"],
+                             "split": "validation", "base": "bases/x@1", "rows": rows,
+                             "summary": out, "majority": majority})
+    # average 34.5 = 49.3% of full's 70.0; no trainable parameters, no training
+    assert "| label marginal † | 50.0 | 19.0 | 34.5 | 49.3 | 0 | — | — |" in table
+    assert "a: positive (54.8% of train), b: human (23.2% of train)" in table
 
 
 @pytest.mark.parametrize(
@@ -74,8 +97,13 @@ def test_compare_trains_each_cell_reports_failures_and_reuses(small_base, data_d
         assert ok["ref"] == f"adapters/sst2/{method}@1" and ok["n"] == 12 and ok["reused"] is False
         assert 0.0 <= ok["score"] <= 100.0 and ok["trainable"] > 0
     assert ("triviaqa", "bitfit") not in cells and "triviaqa" in result["skipped"]  # no local data
+    marginal = result["majority"]["sst2"]  # from the 64 training examples the cells saw
+    assert marginal["n"] == 12 and marginal["label"] in ("positive", "negative")
+    assert result["summary"]["bitfit"]["above_majority_by_task"]["sst2"] == round(
+        cells[("sst2", "bitfit")]["score"] - marginal["score"], 1)
     table = (tmp_path / "t.md").read_text()
     assert "| lora-diffusion |" in table and "- skipped triviaqa:" in table
+    assert "| label marginal † |" in table
 
     capsys.readouterr()
     import ray
