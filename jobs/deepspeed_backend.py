@@ -101,6 +101,7 @@ class DeepSpeedBackend:
     ) -> None:
         import deepspeed
         from ldp.cluster import deepspeed_config
+        from ldp.jobs.op_build_lock import wait_for_op_builds
 
         if strategy not in STRATEGIES:
             raise UsageError(f"unknown strategy {strategy!r}; choose one of {'|'.join(STRATEGIES)}")
@@ -127,6 +128,9 @@ class DeepSpeedBackend:
         params = list(named_trainable.values())
         optimizer, scheduler = build_optimizer(params, optim, loop.max_steps)
         self.wrapper = LossModule(model, loss_fn)
+        # initialize() loads DeepSpeed's JIT-built ops; a lock left by a killed build would
+        # make it wait forever
+        wait_for_op_builds()
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=self.wrapper,
             model_parameters=params,

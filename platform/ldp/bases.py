@@ -93,7 +93,8 @@ def load_adapted(
     adapter: str, registry_url: str | None = None, base: str | None = None, *,
     loaded: LoadedBase | None = None,
 ):
-    """``(model, tokenizer, info)`` for an adapter reference (``adapters/T/M@V``) or folder.
+    """``(model, tokenizer, info)`` for an adapter reference (``adapters/T/M@V``) or folder, in
+    eval mode and ready for inference (:meth:`~ldp.methods.base.AdaptedModel.merge_for_inference`).
 
     The base is the one the adapter names (``base_model_name_or_path``) unless ``base`` is
     given, or ``loaded`` (from :func:`load_base_from`; it becomes the adapted model's base);
@@ -120,6 +121,6 @@ def load_adapted(
             raise UsageError(f"adapter {adapter_ref} does not name its base; pass --base")
         loaded = load_base_from(base_ref, registry_url)
     model = load_adapter(loaded.model, folder, base_hash=loaded.fingerprint)
-    model.eval()
+    model.eval().merge_for_inference()
     info = {"adapter": adapter_ref, "base": loaded.source.ref, "method": meta.get("ldp_method")}
     return model, loaded.tokenizer, info

@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import deepspeed
 import torch
 import toy_recipe
 from ldp.jobs.deepspeed_backend import DeepSpeedBackend
@@ -57,7 +56,8 @@ def main() -> None:
     strategies = sys.argv[1].split(",")
     root = Path(sys.argv[2])
     config = {"steps": 12, **(json.loads(sys.argv[3]) if len(sys.argv) > 3 else {})}
-    deepspeed.init_distributed(dist_backend="gloo")
+    # As Ray Train does: torch.distributed first, DeepSpeed's comm layer inside initialize()
+    torch.distributed.init_process_group(backend="gloo")
     out = {}
     for strategy in strategies:
         t0 = time.perf_counter()

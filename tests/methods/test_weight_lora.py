@@ -90,3 +90,43 @@ def test_bad_config_is_refused():
         METHOD.build_config({"targets": ["q", "gate"]})
     with pytest.raises(UsageError, match="r must be"):
         METHOD.build_config({"r": 0})
+
+
+@pytest.mark.parametrize("backbone", ["native", "bert"])
+def test_merged_for_inference_gives_the_same_logits_and_train_takes_the_merge_out(backbone):
+    make = BACKBONES[backbone]
+    model = METHOD.attach(make(0), METHOD.build_config({"r": 4, "alpha": 16.0, "dropout": 0.0}))
+    with torch.no_grad():
+        for p in model.trainable_parameters():
+            p.normal_(0, 0.2)
+    ids = torch.randint(4, 64, (2, 9))
+    t = torch.tensor([0.3, 0.8])
+    model.eval()
+    expected = model(ids, t)
+    before = {n: p.detach().clone() for n, p in model.base.named_parameters() if "lora_" not in n}
+    assert model.merge_for_inference() is model and model.merged
+    changed = [n for n, p in model.base.named_parameters() if n in before and not torch.equal(p, before[n])]
+    assert len(changed) == 4 * len(model.blocks())  # every target layer's weight holds B A now
+    torch.testing.assert_close(model(ids, t), expected, atol=1e-5, rtol=1e-5)
+
+    model.train()  # training must see the factors, not a merged base
+    assert not model.merged
+    for n, p in model.base.named_parameters():
+        if n in before:
+            torch.testing.assert_close(p, before[n], atol=1e-6, rtol=0)
+    model(ids, t).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.trainable_parameters())
+
+
+def test_load_adapted_returns_a_merged_weight_lora(tmp_path):
+    from types import SimpleNamespace
+
+    from ldp.bases import LoadedBase, load_adapted
+    from ldp.methods.base import base_fingerprint
+
+    model = METHOD.attach(make_native(0), METHOD.build_config({"r": 4}))
+    folder = model.save_adapter(tmp_path / "lora", base_name="bases/tiny@1")
+    base = make_native(0)
+    loaded = LoadedBase(base, None, SimpleNamespace(ref="bases/tiny@1"), base_fingerprint(base))
+    adapted, _, info = load_adapted(str(folder), loaded=loaded)
+    assert adapted.merged and not adapted.training and info["method"] == "weight-lora"

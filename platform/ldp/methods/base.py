@@ -260,6 +260,12 @@ class AdaptedModel(OnABase):
     def block_parts(self):
         return self.base.block_parts()
 
+    def merge_for_inference(self) -> AdaptedModel:
+        """Make inference cheaper without changing its results (up to float rounding); returns
+        self. Most methods have nothing to fold; weight LoRA folds its updates into the base's
+        layers. Called on models loaded for evaluation, never on one being trained."""
+        return self
+
     # -- the adapter's own weights
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters this method trains, asked of its own modules (never by name)."""

@@ -87,6 +87,25 @@ class WeightLoraModel(AdaptedModel):
         """The ``peft.PeftModel`` wrapping ``self.base``."""
         return self._peft
 
+    @property
+    def merged(self) -> bool:
+        """Whether the LoRA updates are folded into the base's layers."""
+        return any(layer.merged for layer in self._layers.values())
+
+    def merge_for_inference(self) -> WeightLoraModel:
+        """Fold ``(alpha / r) B A`` into every target layer (peft's ``merge_adapter``): the
+        forward is then the plain base's, with no LoRA branch per layer (an sst2 evaluation
+        took ~25% less time). :meth:`train` takes the updates out again first."""
+        if not self.merged:
+            self._peft.merge_adapter()
+        return self
+
+    def train(self, mode: bool = True) -> WeightLoraModel:
+        # A merged layer skips its LoRA branch: training it would leave B and A without
+        # gradients, so the updates go back out before any training step.
+        if mode and getattr(self, "_layers", None) and self.merged:
+            self._peft.unmerge_adapter()
+        return super().train(mode)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         params = []
