@@ -99,6 +99,9 @@ def test_eval_cli_writes_json_for_an_adapter(tiny_base, data_dir, tmp_path, caps
     assert data["task"] == "sst2" and data["n"] == 12 and data["primary"] == "accuracy"
     assert 0.0 <= data["metrics"]["accuracy"] <= 100.0 and data["mode"] == "likelihood"
     assert data["adapter"] == str(folder)
+    marginal = data["label_marginal"]  # the score a model that learned only the label mix gets
+    assert marginal["n"] == 12 and marginal["label"] in ("positive", "negative")
+    assert "label marginal:" in capsys.readouterr().out
 
 
 def test_eval_generation_mode_on_a_bare_base(tiny_base, data_dir, tmp_path):
@@ -108,6 +111,7 @@ def test_eval_generation_mode_on_a_bare_base(tiny_base, data_dir, tmp_path):
     assert code == 0
     data = json.loads(out.read_text())
     assert data["mode"] == "generate" and set(data["metrics"]) == {"exact_match", "f1"}
+    assert "label_marginal" not in data
 
 
 def test_eval_refuses_bad_input(tiny_base, data_dir, capsys):
