@@ -210,20 +210,6 @@ def _print_result(result, payload, shown, json_path) -> None:
     for name, value in result.metrics.items():
         table.add_row(name + (" *" if name == result.primary else ""), f"{value:.4f}")
     Console().print(table)
-    if marginal is not None:
-        print(f"label marginal: {marginal.score:.2f} {marginal.primary} by always answering "
-              f"{marginal.label!r} (the training split's most common label, "
-              f"{marginal.train_share:.1f}%)")
     if json_path is not None:
         json_path.write_text(json.dumps(payload, indent=2))
 
-
-def _label_marginal(task: str, split: str, data_dir: Optional[str], limit: Optional[int]):
-    """What answering the training split's majority label scores on the same examples; None
-    where the training split cannot be read (the evaluation itself stands without it)."""
-    from ldp.evaluation.majority import majority_baseline
-
-    try:
-        return majority_baseline(task, split, data_dir, eval_limit=limit)
-    except Exception:  # noqa: BLE001 - context only: a missing train split must not fail eval
-        return None
