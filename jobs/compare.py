@@ -3,18 +3,21 @@
 Each cell (task, method) is an ordinary adapter job (the same spec, recipe, Ray Train + DeepSpeed
 path and registry publication as ``ldp submit``) with the same steps, batch, data and evaluation
 split for every method; only each method's own default learning rate differs (``--set
-optim.lr=...`` pins one for all). A cell whose resolved job spec was published before is reused
-(``retrain`` forces a new run). A failed cell is reported in the table and the others go on.
+optim.lr=...`` pins one for all), and the steps where a task or a method has its own budget
+(``task_steps``, ``method_steps``; the larger of the two where a cell has both). A cell whose
+resolved job spec (its steps included) was published before is reused (``retrain`` forces a new
+run). A failed cell is reported in the table and the others go on.
 
 Cells train side by side as Ray tasks (:mod:`ldp.jobs.children`), as many as the cluster places
 or ``max_parallel``. A cell's ``seconds`` is its own wall time with the others running beside it;
 ``max_parallel: 1`` gives timings of cells run alone.
 
-The result holds one row per cell (primary metric, trainable parameters and %, training time,
-registry reference), per method the average over tasks, the percentage of full fine-tuning (per
-task and of the averages) and the points above the label marginal, and per classification task
-that marginal: the score of always answering the training split's most common label
-(:mod:`ldp.evaluation.majority`), the number a method must beat to have learned from its input.
+The result holds one row per cell (optimiser steps, primary metric, trainable parameters and %,
+training time, registry reference), per method the average over tasks, the percentage of full
+fine-tuning (per task and of the averages) and the points above the label marginal, and per
+classification task that marginal: the score of always answering the training split's most
+common label (:mod:`ldp.evaluation.majority`), the number a method must beat to have learned
+from its input.
 :func:`format_markdown` renders it.
 """
 
@@ -26,7 +29,7 @@ from typing import Any, Literal
 
 from ldp.config import build, to_dict
 from ldp.errors import LdpError, UsageError
-from ldp.jobs.spec import check_task_steps, steps_for
+from ldp.jobs.spec import check_method_steps, check_task_steps, steps_for
 
 __all__ = ["CompareSpec", "execute", "format_markdown", "validate_compare"]
 
@@ -45,6 +48,9 @@ class CompareSpec:
     """Optimiser steps of every cell (default: the adapter recipe's)."""
     task_steps: dict[str, int] = field(default_factory=dict)
     """Per-task steps that replace ``steps`` for those tasks' cells (``{squad: 100}``)."""
+    method_steps: dict[str, int] = field(default_factory=dict)
+    """Per-method steps that replace ``steps`` for every cell of those methods (``{weight-lora: 900}``).
+    A cell whose task and method both have their own steps trains for the LARGER of the two."""
     split: Literal["validation", "test", "train"] = "validation"
     """The split each adapter is scored on."""
     eval_limit: int | None = 200
@@ -80,10 +86,26 @@ class CompareSpec:
         if self.steps is not None and self.steps < 1:
             raise ValueError("steps must be >= 1")
         self.task_steps = check_task_steps(self.task_steps, self.tasks)
+        self.method_steps = check_method_steps(self.method_steps, self.methods)
         if self.eval_limit is not None and self.eval_limit < 1:
             raise ValueError("eval_limit must be >= 1")
         if self.max_parallel is not None and self.max_parallel < 1:
             raise ValueError("max_parallel must be >= 1")
+
+
+def cell_steps(spec: CompareSpec, task: str, method: str) -> int | None:
+    """The steps of one cell as the spec gives them: the task's or the method's own budget, the
+    larger of the two when both are given, else ``steps`` (None: the recipe's default)."""
+    return steps_for(task, spec.steps, spec.task_steps, method, spec.method_steps)
+
+
+def resolved_steps(child: dict[str, Any]) -> int:
+    """The optimiser steps a cell's job spec (:func:`cell_spec`) trains for, the recipe's default
+    filled in where the spec gives none."""
+    from ldp.jobs.spec import JobSpec, train_config
+
+    job = build(JobSpec, {k: v for k, v in child.items() if k != "kind"})
+    return int(train_config(job)["loop"]["max_steps"])
 
 
 def cell_spec(spec: CompareSpec, task: str, method: str, base: str | None = None) -> dict[str, Any]:
@@ -94,7 +116,7 @@ def cell_spec(spec: CompareSpec, task: str, method: str, base: str | None = None
     train = apply_overrides(dict(spec.train), {"eval.split": spec.split, "eval.limit": spec.eval_limit})
     data = {
         "task": task, "method": method, "size": spec.size, "base": base or spec.base,
-        "steps": steps_for(task, spec.steps, spec.task_steps), "workers": spec.workers,
+        "steps": cell_steps(spec, task, method), "workers": spec.workers,
         "strategy": spec.strategy, "registry": spec.registry, "data_dir": spec.data_dir,
         "storage_path": spec.storage_path, "train": train,
     }
@@ -188,8 +210,10 @@ def execute(spec_dict: dict[str, Any], job_id: str, *, log=print) -> dict[str, A
     cells = [(t, m) for t in tasks for m in spec.methods]
     by_cell: dict[tuple[str, str], dict[str, Any]] = {}
     todo: list[tuple[tuple[str, str], dict[str, Any]]] = []
+    steps: dict[tuple[str, str], int] = {}
     for task, method in cells:
         child = cell_spec(spec, task, method, base)
+        steps[(task, method)] = resolved_steps(child)
         found = None if spec.retrain else find_published_adapter(reg, task, method, spec_hash(child))
         if found:
             by_cell[(task, method)] = {"task": task, "method": method, **_cell_from_registry(reg, found),
@@ -199,7 +223,7 @@ def execute(spec_dict: dict[str, Any], job_id: str, *, log=print) -> dict[str, A
             todo.append(((task, method), child))
     if todo:  # Ray starts only when a cell must train: a rerun that reuses every cell needs none
         by_cell.update(_train_cells(spec, todo, reg, job_id, log))
-    rows = [by_cell[c] for c in cells]
+    rows = [{"task": c[0], "method": c[1], "steps": steps[c], **by_cell[c]} for c in cells]
     majority = majority_rows(spec, tasks, log)
     summary = summarise(rows, tasks, spec.methods, majority)
     failed = [r for r in rows if "error" in r]
@@ -319,14 +343,39 @@ def _majority_lines(result: dict[str, Any], tasks: list[str]) -> list[str]:
     ]
 
 
+def _steps_lines(result: dict[str, Any], tasks: list[str], methods: list[str]) -> tuple[str, list[str]]:
+    """The steps of the cells: words for the table's first line (``300 steps per cell; ``) when
+    every cell ran the same number, else a pointer to a table of each cell's steps, which comes
+    second (nothing for a result whose rows carry no steps, as older results do)."""
+    steps = {(r["task"], r["method"]): r.get("steps") for r in result["rows"]}
+    grid = [[steps.get((t, m)) for t in tasks] for m in methods]
+    known = {n for row in grid for n in row if n is not None}
+    if not known:
+        return "", []
+    if len(known) == 1 and all(n is not None for row in grid for n in row):
+        return f"{known.pop()} steps per cell; ", []
+    head = ["method", *tasks]
+    return "steps differ between cells (‡); ", [
+        "",
+        ("‡ Optimiser steps of each cell (a task's or a method's own steps replace the shared number; "
+         "a cell with both trains for the larger):"),
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" for _ in head) + "|",
+        *("| " + " | ".join([m, *(_fmt(n) for n in row)]) + " |" for m, row in zip(methods, grid)),
+    ]
+
+
 def format_markdown(result: dict[str, Any]) -> str:
     """The Table 7 analogue as Markdown: primary metric per task, average, % of full FT,
-    trainable parameters and %, and training time (summed over tasks)."""
+    trainable parameters and %, and training time (summed over tasks); the steps of the cells
+    (one number, or a table of each cell's where they differ)."""
     tasks, methods = result["tasks"], result["methods"]
     cells = {(r["task"], r["method"]): r for r in result["rows"]}
     head = ["method", *tasks, "average", "% of full", "trainable", "trainable %", "train s"]
+    steps_words, steps_table = _steps_lines(result, tasks, methods)
     lines = [
-        f"Split: {result['split']}; base: {result['base']}; primary metric of each task "
+        f"Split: {result['split']}; base: {result['base']}; {steps_words}primary metric of each task "
         "(n per cell in the JSON).",
         "",
         "| " + " | ".join(head) + " |",
@@ -349,6 +398,7 @@ def format_markdown(result: dict[str, Any]) -> str:
         ]
         lines.append("| " + " | ".join(row) + " |")
     lines += _majority_lines(result, tasks)
+    lines += steps_table
     if result.get("skipped"):
         lines.append("")
     for task, why in (result.get("skipped") or {}).items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -9,8 +10,8 @@ from ldp.config import build, to_dict
 from ldp.errors import UsageError
 
 __all__ = [
-    "BASE_WARM_START_STEPS", "MAX_STEPS", "JobSpec", "check_spec", "check_task_steps", "steps_for", "train_config",
-    "validate_spec",
+    "BASE_WARM_START_STEPS", "MAX_STEPS", "JobSpec", "check_method_steps", "check_spec", "check_steps_map",
+    "check_task_steps", "steps_for", "train_config", "validate_spec",
 ]
 
 BASE_WARM_START_STEPS = 150
@@ -83,27 +84,59 @@ def _absolute(path: str | None) -> str | None:
     return str(Path(path).expanduser().resolve())
 
 
+def check_steps_map(
+    field: str, values: dict[str, Any] | None, canon: Callable[[str], str], allowed: list[str] | None = None,
+    noun: str = "names",
+) -> dict[str, int]:
+    """A map of step budgets by name (``task_steps``, ``method_steps``: ``{name: steps}``) of a
+    multi-run spec, checked: ``canon`` accepts every name (it raises for an unknown one and gives
+    the name's canonical spelling), each name is one of ``allowed`` (the spec's ``noun``) when that
+    is given and is not given twice, and every value is a whole number >= 1 (ValueError). Names
+    come back spelled as in ``allowed`` (as given when ``allowed`` is None)."""
+    spelled = {canon(a): a for a in allowed} if allowed is not None else None
+    out: dict[str, int] = {}
+    for name, steps in dict(values or {}).items():
+        key = canon(name)
+        if spelled is not None and key not in spelled:
+            raise ValueError(f"{field}.{name}: {name} is not one of the {noun} ({', '.join(allowed or [])})")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"{field}.{name} must be a whole number >= 1, got {steps!r}")
+        own = spelled[key] if spelled is not None else name
+        if own in out:
+            raise ValueError(f"{field}.{name}: {own} is given twice")
+        out[own] = steps
+    return out
+
+
 def check_task_steps(task_steps: dict[str, Any], tasks: list[str] | None = None) -> dict[str, int]:
     """Per-task step budgets (``{task: steps}``) of a multi-task spec, checked: known tasks (and,
     when ``tasks`` is given, tasks the spec runs), whole numbers >= 1 (ValueError)."""
     from ldp.data.tasks import get_task
 
-    out: dict[str, int] = {}
-    for task, steps in dict(task_steps or {}).items():
-        get_task(task)
-        if tasks is not None and task not in tasks:
-            raise ValueError(f"task_steps.{task}: {task} is not one of the tasks ({', '.join(tasks)})")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"task_steps.{task} must be a whole number >= 1, got {steps!r}")
-        out[task] = steps
-    return out
+    return check_steps_map("task_steps", task_steps, lambda t: get_task(t).name, tasks, "tasks")
 
 
-def steps_for(task: str, steps: int | None, task_steps: dict[str, int] | None) -> int | None:
-    """The optimiser steps of ``task``'s run: its own budget when it has one, else the shared one.
+def check_method_steps(method_steps: dict[str, Any], methods: list[str] | None = None) -> dict[str, int]:
+    """Per-method step budgets (``{method: steps}``) of a multi-method spec, checked: known methods
+    (``weight_lora`` is ``weight-lora``; and, when ``methods`` is given, methods the spec runs),
+    whole numbers >= 1 (ValueError)."""
+    from ldp.methods import get_method
+
+    return check_steps_map("method_steps", method_steps, lambda m: get_method(m).name, methods, "methods")
+
+
+def steps_for(
+    task: str, steps: int | None, task_steps: dict[str, int] | None,
+    method: str | None = None, method_steps: dict[str, int] | None = None,
+) -> int | None:
+    """The optimiser steps of the ``task`` (and ``method``) run: its task's or its method's own
+    budget when it has one, the LARGER of the two when it has both, else the shared ``steps``.
     Generation tasks cost several times a classification step (longer sequences), so a
-    multi-task budget on a small machine gives them fewer steps."""
-    return (task_steps or {}).get(task, steps)
+    multi-task budget on a small machine gives them fewer steps; methods learn at different
+    speeds (weight LoRA needs ~900 steps on sst2 where lora-diffusion needs 300), so a fair
+    comparison gives each method its own."""
+    own = [n for n in ((task_steps or {}).get(task), (method_steps or {}).get(method or "")) if n is not None]
+    return max(own) if own else steps
 
 
 def train_config(spec: JobSpec, base: str | None = None) -> dict[str, Any]:

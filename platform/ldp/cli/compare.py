@@ -23,19 +23,34 @@ def _split(value: Optional[str]) -> Optional[list[str]]:
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 
 
-def parse_task_steps(value: Optional[str]) -> Optional[dict[str, int]]:
-    """``--task-steps squad=100,gsm8k=60`` -> ``{"squad": 100, "gsm8k": 60}`` (UsageError)."""
+def parse_steps_map(option: str, noun: str, value: Optional[str]) -> Optional[dict[str, int]]:
+    """``name=steps[,name=steps...]`` -> ``{name: steps}`` (UsageError naming ``option`` for a
+    malformed pair or a name given twice). Whether the names and numbers are acceptable is the
+    spec's check (:func:`ldp.jobs.spec.check_steps_map`)."""
     from ldp.errors import UsageError
 
     if value is None:
         return None
     out: dict[str, int] = {}
     for item in _split(value) or []:
-        task, sep, raw = item.partition("=")
-        if not sep or not task.strip() or not raw.strip().isdigit():
-            raise UsageError(f"--task-steps expects task=steps[,task=steps...], got {item!r}")
-        out[task.strip()] = int(raw)
+        name, sep, raw = item.partition("=")
+        name = name.strip()
+        if not sep or not name or not raw.strip().isdigit():
+            raise UsageError(f"{option} expects {noun}=steps[,{noun}=steps...], got {item!r}")
+        if name in out:
+            raise UsageError(f"{option} gives {name} twice")
+        out[name] = int(raw)
     return out
+
+
+def parse_task_steps(value: Optional[str]) -> Optional[dict[str, int]]:
+    """``--task-steps squad=100,gsm8k=60`` -> ``{"squad": 100, "gsm8k": 60}`` (UsageError)."""
+    return parse_steps_map("--task-steps", "task", value)
+
+
+def parse_method_steps(value: Optional[str]) -> Optional[dict[str, int]]:
+    """``--method-steps weight-lora=900,full=600`` -> ``{"weight-lora": 900, "full": 600}`` (UsageError)."""
+    return parse_steps_map("--method-steps", "method", value)
 
 
 def compare(
@@ -43,6 +58,11 @@ def compare(
     methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods, or 'all' (default)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps of every cell."),
     task_steps: Optional[str] = typer.Option(None, "--task-steps", help="Per-task steps replacing --steps: squad=100,gsm8k=60."),
+    method_steps: Optional[str] = typer.Option(
+        None, "--method-steps",
+        help="Per-method steps replacing --steps for every cell of the method: weight-lora=900,full=600. "
+        "A cell whose task and method both have steps trains for the larger of the two.",
+    ),
     size: Optional[str] = typer.Option(None, "--size", help="Base size (default tiny)."),
     base: Optional[str] = typer.Option(None, "--base", help="Base: registry reference or folder (default bases/<size>@latest)."),
     split: Optional[str] = typer.Option(None, "--split", help="Split each adapter is scored on: validation (default), test or train."),
@@ -70,8 +90,8 @@ def compare(
     checks.registry_location("--registry", registry)
     explicit = {
         "tasks": _split(tasks), "methods": _split(methods), "steps": steps,
-        "task_steps": parse_task_steps(task_steps), "size": size,
-        "base": base, "split": split, "eval_limit": eval_limit, "registry": registry,
+        "task_steps": parse_task_steps(task_steps), "method_steps": parse_method_steps(method_steps),
+        "size": size, "base": base, "split": split, "eval_limit": eval_limit, "registry": registry,
         "data_dir": data_dir or os.environ.get("LDP_DATA_DIR") or None, "retrain": retrain or None,
         "max_parallel": max_parallel,
     }
