@@ -74,12 +74,15 @@ def test_mix_at_positions_matches_the_full_mix_there_and_keeps_the_base_elsewher
     ids, t, inst = batch
     comp = Composition(base, {"a": a, "b": b})
     w = torch.tensor([[1.0, 0.0], [0.3, 0.7]])
-    hidden, steps = comp.base_states(ids, t)
-    full = comp.mix(hidden, steps, w, input_ids=ids, instruction_mask=inst)
+    hidden, steps, blocks = comp.base_states(ids, t)
+    full = comp.mix(hidden, steps, w, input_ids=ids, instruction_mask=inst, block_states=blocks)
     positions = torch.zeros(ids.shape, dtype=torch.bool)
     positions[0, -3:] = True
     positions[1, 2] = True
-    part = comp.mix(hidden, steps, w, input_ids=ids, instruction_mask=inst, positions=positions)
+    part = comp.mix(
+        hidden, steps, w, input_ids=ids, instruction_mask=inst, positions=positions,
+        block_states=blocks,
+    )
     torch.testing.assert_close(part[positions], full[positions], rtol=0, atol=1e-5)
     assert torch.equal(part[~positions], hidden[~positions])
     assert not torch.allclose(full[~positions], hidden[~positions])  # the full mix does perturb there

@@ -101,7 +101,7 @@ def test_composition_uses_the_router_for_auto_weights():
     inst = torch.zeros(2, 10, dtype=torch.bool)
     inst[:, :4] = True
     t = torch.tensor([0.5, 0.9])
-    hidden, steps = comp.base_states(ids, t)
+    hidden, steps, _ = comp.base_states(ids, t)
     w = router(comp.encoding(hidden, ids, inst))
     assert torch.equal(comp(ids, t, instruction_mask=inst, weights="auto"),
                        comp(ids, t, instruction_mask=inst, weights=w))

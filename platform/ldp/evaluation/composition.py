@@ -181,7 +181,7 @@ def router_accuracy(
             ids = torch.cat([prompts, torch.full((B, A), composition.mask_token_id)], 1)
             attn = torch.cat([keep, torch.ones(B, A, dtype=torch.bool)], 1).long()
             inst = torch.cat([instr.bool(), torch.zeros(B, A, dtype=torch.bool)], 1)
-            hidden, _ = composition.base_states(ids, attention_mask=attn, steps=torch.full((B,), T))
+            hidden = composition.base_states(ids, attention_mask=attn, steps=torch.full((B,), T)).hidden
             scores = router.task_scores(composition.encoding(hidden, ids, inst, attn))
             good += int((scores.argmax(-1) == names.index(task)).sum())
         out[task] = good / max(1, len(enc))

@@ -46,6 +46,7 @@ __all__ = [
     "OnABase",
     "base_fingerprint",
     "copy_into",
+    "load_generic",
     "module_paths",
     "parameter_count",
     "read_adapter_config",
@@ -337,7 +338,8 @@ class AdaptedModel(OnABase):
 # --------------------------------------------------------------------------- the method record
 
 
-def _load_generic(method: Method, base: nn.Module, folder: Path, meta: dict, base_hash: str):
+def load_generic(method: Method, base: nn.Module, folder: Path, meta: dict, base_hash: str):
+    """Attach ``method`` with the saved config and copy the saved adapter weights in."""
     config = method.build_config(meta.get("ldp_config") or {})
     model = method.attach(base, config, base_hash=base_hash)
     weights = folder / ADAPTER_WEIGHTS_NAME
@@ -392,7 +394,7 @@ class Method:
         return self.attach_fn(base, config, base_hash=base_hash)
 
     def load(self, base: nn.Module, folder: Path, meta: dict, base_hash: str) -> AdaptedModel:
-        fn = self.load_fn or _load_generic
+        fn = self.load_fn or load_generic
         return fn(self, base, folder, meta, base_hash)
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -34,7 +34,19 @@ from torch import nn
 from ldp.errors import UsageError
 from ldp.methods.base import AdaptedModel, OnABase, base_fingerprint, resolve_steps
 
-__all__ = ["Composition", "load_composition", "weights_from_mapping"]
+__all__ = ["BaseStates", "Composition", "load_composition", "weights_from_mapping"]
+
+
+class BaseStates(NamedTuple):
+    """The one frozen-base forward of a composed step."""
+
+    hidden: torch.Tensor
+    """H (B, L, d) fp32, the final states."""
+    steps: torch.Tensor
+    """(B,) integer steps."""
+    blocks: dict[int, torch.Tensor]
+    """Outputs (B, L, d) of the blocks some adapter's Enc(c) reads (``context: blocks``), by
+    block index; empty when no adapter reads any."""
 
 
 def _check_composable(name: str, adapter: Any) -> None:
@@ -222,6 +234,12 @@ class Composition(OnABase):
             return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
         return nullcontext()
 
+    @property
+    def context_blocks(self) -> list[int]:
+        """Blocks whose outputs some adapter's Enc(c) reads (see :class:`BaseStates`)."""
+        adapters = [self.adapters[key] for key in self._slots.values()]
+        return sorted({i for a in adapters for i in getattr(a, "context_blocks", [])})
+
     def base_states(
         self,
         input_ids: torch.Tensor,
@@ -229,15 +247,17 @@ class Composition(OnABase):
         attention_mask: torch.Tensor | None = None,
         *,
         steps: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(H (B, L, d) fp32, steps (B,))``: the one frozen-base forward of a composed step."""
+    ) -> BaseStates:
+        """The one frozen-base forward of a composed step."""
+        from ldp.methods.lora_diffusion.model import run_base
+
         T = self.num_steps
         steps = resolve_steps(t, steps, T, input_ids.shape[0], device=input_ids.device)
         if t is None:
             t = steps.to(torch.float32) / T
         with torch.no_grad(), self._base_context(input_ids.device):
-            hidden = self.base.hidden_states(input_ids, t, attention_mask)
-        return hidden.float(), steps
+            hidden, blocks = run_base(self.base, input_ids, t, attention_mask, self.context_blocks)
+        return BaseStates(hidden.float(), steps, blocks)
 
     def encoding(
         self,
@@ -246,7 +266,8 @@ class Composition(OnABase):
         instruction_mask: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Enc(c) (B, d): the mean base state over the instruction tokens (the router's input)."""
+        """The mean final state over the instruction tokens (B, d): the router's input, and Enc(c)
+        of the adapters with ``context: final``."""
         from ldp.methods.lora_diffusion.layer import instruction_encoding
 
         return instruction_encoding(
@@ -265,28 +286,53 @@ class Composition(OnABase):
         attention_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
         encoding: torch.Tensor | None = None,
+        block_states: dict[int, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """``H + sum_j w[:, j] * perturbation_j(H)`` for given base states and (B, J) weights.
 
-        Enc(c) is taken from H once for every adapter (``encoding`` (B, d) if the caller already
-        has it, as the router's input).
+        Enc(c) is taken once for every adapter that reads the same states: from H (``encoding``
+        (B, d) if the caller already has it, as the router's input) and, for adapters with
+        ``context: blocks``, from ``block_states`` (:attr:`BaseStates.blocks` of the same pass).
 
         Adapter ``j`` runs only on the rows where ``w[:, j] != 0``; with ``positions`` (B, L)
         bool, only at those positions (the others keep the base's H), which is what makes a
         composed sampling step cost about one base forward."""
         out = hidden
-        if encoding is None and any(self.adapters[k].config.conditioning for k in self._slots.values()):
-            encoding = self.encoding(hidden, input_ids, instruction_mask, attention_mask)
+        encodings: dict[tuple[int, ...], torch.Tensor] = {}  # blocks read -> Enc(c)
+        if encoding is not None:
+            encodings[()] = encoding
+
+        def encoding_for(adapter) -> torch.Tensor | None:
+            if not adapter.config.conditioning:
+                return None
+            key = tuple(getattr(adapter, "context_blocks", ()))
+            if key not in encodings:
+                from ldp.methods.lora_diffusion.layer import context_encoding
+
+                missing = [i for i in key if i not in (block_states or {})]
+                if missing:
+                    raise UsageError(
+                        f"an adapter's Enc(c) reads blocks {list(key)}: pass block_states "
+                        "(BaseStates.blocks of the same base pass)"
+                    )
+                states = [block_states[i] for i in key] + [hidden]
+                encodings[key] = context_encoding(
+                    [h.detach() for h in states], instruction_mask, input_ids=input_ids,
+                    mask_token_id=self.base.mask_token_id, attention_mask=attention_mask,
+                )
+            return encodings[key]
+
         for j, key in enumerate(self._slots.values()):
             adapter = self.adapters[key]
             col = weights[:, j].to(hidden.dtype)
             active = col != 0
             if not bool(active.any()):
                 continue
+            enc = encoding_for(adapter)
             if bool(active.all()):
                 delta = adapter.perturbation(
                     hidden, steps, input_ids=input_ids, instruction_mask=instruction_mask,
-                    attention_mask=attention_mask, positions=positions, encoding=encoding,
+                    attention_mask=attention_mask, positions=positions, encoding=enc,
                 )
                 out = out + col.view(-1, 1, 1) * delta
                 continue
@@ -296,7 +342,7 @@ class Composition(OnABase):
                 instruction_mask=None if instruction_mask is None else instruction_mask[rows],
                 attention_mask=None if attention_mask is None else attention_mask[rows],
                 positions=None if positions is None else positions[rows],
-                encoding=None if encoding is None else encoding[rows],
+                encoding=None if enc is None else enc[rows],
             )
             out = out.index_add(0, rows, col[rows].view(-1, 1, 1) * part)
         return out
@@ -314,14 +360,14 @@ class Composition(OnABase):
         """Composed final states H' (B, L, d) fp32; ``weights`` as in :meth:`resolve_weights`."""
         if not self._slots:
             raise UsageError("this composition has no adapters")
-        hidden, steps = self.base_states(input_ids, t, attention_mask, steps=steps)
+        hidden, steps, blocks = self.base_states(input_ids, t, attention_mask, steps=steps)
         enc = None
         if isinstance(weights, str) and weights == "auto":
             enc = self.encoding(hidden, input_ids, instruction_mask, attention_mask)
         w = self.resolve_weights(weights, input_ids.shape[0], steps, encoding=enc, device=hidden.device)
         return self.mix(
             hidden, steps, w, input_ids=input_ids, instruction_mask=instruction_mask,
-            attention_mask=attention_mask, encoding=enc,
+            attention_mask=attention_mask, encoding=enc, block_states=blocks,
         )
 
     def forward(

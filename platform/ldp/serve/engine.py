@@ -392,7 +392,7 @@ class Engine:
         if not len(comp):
             with torch.no_grad():
                 return self.base.hidden_states(x, t, attn).float()
-        hidden, steps = comp.base_states(x, t, attn)
+        hidden, steps, blocks = comp.base_states(x, t, attn)
         names = comp.names
         col = {ref: j for j, ref in enumerate(names)}
         W = torch.zeros((x.shape[0], len(names)))
@@ -410,7 +410,7 @@ class Engine:
                 self._route(W, enc, steps, rows, [jobs[i] for i in rows], col)
         return comp.mix(
             hidden, steps, W, input_ids=x, instruction_mask=instr, attention_mask=attn,
-            positions=positions, encoding=enc,
+            positions=positions, encoding=enc, block_states=blocks,
         )
 
     def _route(self, W, enc, steps, rows, jobs, col) -> None:

@@ -6,10 +6,14 @@ The perturbation of one phase at step t (paper Eqs. 13-16), for each of its k mo
     H^    = (H - mu_H) / s_H        c^ = (Enc(c) - mu_c) / s_c      (frozen standardisers)
     x     = [H^ ; Emb(t)]                                  (N, L, d + d_t)
     u_i   = ReLU(W_B_i x)                                  (N, L, r)     W_B_i: (r, d + d_t)
-    gam_i = W_cond_i c^ + b_cond_i                         (N, r)        W_cond_i: (r, d)
+    gam_i = W_cond_i c^ + b_cond_i                         (N, r)        W_cond_i: (r, d_c)
     u'_i  = u_i * (1 + gam_i)        (FiLM, broadcast over L)
     g_i   = W_A_i u'_i                                     (N, L, d)     W_A_i: (d, r)
     delta = sigma_phase * (sum_i g_i + b)                  b: (d,) the phase's constant offset
+
+``Enc(c)`` has ``d_c`` features: ``d`` for the mean of the final states over the prompt, ``n x d``
+when it concatenates that mean taken at the output of each of the base's ``n`` blocks
+(:func:`context_encoding`; the config's ``context``).
 
 i.e. ``A_i(c) = W_A_i diag(1 + W_cond_i c^ + b_cond_i)``: the conditional part of A_i(c) is
 ``W_A_i diag(W_cond_i c^ + b_cond_i)``, a rank-r-preserving FiLM scaling of the bottleneck
@@ -42,6 +46,7 @@ from torch import nn
 
 __all__ = [
     "PhaseAdapter",
+    "context_encoding",
     "effective_rank_of",
     "instruction_encoding",
     "nuclear_norm",
@@ -94,6 +99,28 @@ def instruction_encoding(
     weights = choice.to(hidden.dtype)  # (B, L)
     denom = weights.sum(dim=1, keepdim=True).clamp_min(1.0)
     return torch.einsum("bl,bld->bd", weights, hidden) / denom
+
+
+def context_encoding(
+    states: list[torch.Tensor],
+    instruction_mask: torch.Tensor | None,
+    *,
+    input_ids: torch.Tensor,
+    mask_token_id: int,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Enc(c) over several layers' states: each (B, L, d) tensor's :func:`instruction_encoding`,
+    concatenated in the given order -> (B, len(states) * d)."""
+    return torch.cat(
+        [
+            instruction_encoding(
+                h, instruction_mask, input_ids=input_ids, mask_token_id=mask_token_id,
+                attention_mask=attention_mask,
+            )
+            for h in states
+        ],
+        dim=-1,
+    )
 
 
 def nuclear_norm(weight: torch.Tensor) -> torch.Tensor:
@@ -153,6 +180,7 @@ class PhaseAdapter(nn.Module):
         first_step: int,
         conditioning: bool,
         offset: bool = True,
+        context_dim: int | None = None,
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
@@ -165,22 +193,26 @@ class PhaseAdapter(nn.Module):
         self.first_step = first_step
         self.conditioning = conditioning
         self.offset = offset
+        self.context_dim = context_dim or hidden_size
         d, dt, r, k, s = hidden_size, time_embed_dim, rank, modules, slots
+        dc = self.context_dim
         bound = 1.0 / math.sqrt(d + dt)
         self.lora_B = nn.Parameter(
             torch.empty(s, k, r, d + dt, device=device).uniform_(-bound, bound)
         )
         self.lora_A = nn.Parameter(torch.zeros(s, k, d, r, device=device))
         if conditioning:
-            self.film_weight = nn.Parameter(torch.zeros(s, k, r, d, device=device))
+            self.film_weight = nn.Parameter(torch.zeros(s, k, r, dc, device=device))
             self.film_bias = nn.Parameter(torch.zeros(s, k, r, device=device))
         else:
             self.film_weight = None
             self.film_bias = None
         self.bias = nn.Parameter(torch.zeros(s, d, device=device)) if offset else None
         # Frozen standardisers of H and Enc(c) (see the module docstring); saved with the adapter.
-        for name, value in (("h_shift", 0.0), ("h_scale", 1.0), ("c_shift", 0.0), ("c_scale", 1.0)):
-            self.register_buffer(name, torch.full((d,), value, device=device))
+        for name, value, width in (
+            ("h_shift", 0.0, d), ("h_scale", 1.0, d), ("c_shift", 0.0, dc), ("c_scale", 1.0, dc)
+        ):
+            self.register_buffer(name, torch.full((width,), value, device=device))
 
     @torch.no_grad()
     def set_statistics(self, h_mean, h_std, c_mean=None, c_std=None) -> None:
@@ -213,7 +245,7 @@ class PhaseAdapter(nn.Module):
         cond: torch.Tensor | None,
         steps: torch.Tensor,
     ) -> torch.Tensor:
-        """delta = sigma * sum_i g_i: hidden (N, L, d) fp32, temb (N, d_t), cond (N, d), steps (N,)."""
+        """delta = sigma * sum_i g_i: hidden (N, L, d) fp32, temb (N, d_t), cond (N, d_c), steps (N,)."""
         d = self.hidden_size
         slot = (steps - self.first_step).clamp(0, self.slots - 1)
         hidden = (hidden - self.h_shift) * self.h_scale
@@ -222,7 +254,7 @@ class PhaseAdapter(nn.Module):
         u = u + torch.einsum(f"nt,{n}krt->nkr", temb, w_b[..., d:])[:, :, None, :]
         u = torch.relu(u)
         if self.conditioning and cond is not None:
-            w_c, _ = self._weights(self.film_weight, slot)  # ([N,] k, r, d)
+            w_c, _ = self._weights(self.film_weight, slot)  # ([N,] k, r, d_c)
             b_c, _ = self._weights(self.film_bias, slot)  # ([N,] k, r)
             cond = (cond - self.c_shift) * self.c_scale
             gamma = torch.einsum(f"nd,{n}krd->nkr", cond, w_c) + b_c  # (N, k, r)

@@ -8,7 +8,8 @@ chosen block (a forward hook on ``base.blocks()[i]``), each site with its own ph
 
 - Final state only (default): the frozen base runs under ``torch.no_grad()`` (optionally bf16
   autocast), so it holds no gradient, optimiser state or saved activations; the adapter runs in
-  fp32 with autocast disabled. Enc(c) comes from the same base pass.
+  fp32 with autocast disabled. Enc(c) comes from the same base pass (with ``context: blocks``,
+  forward hooks keep every block's output during it, for their prompt means).
 - With ``inject_layers``: Enc(c) needs the *unperturbed* final states, so a first base pass runs
   without the hooks under ``no_grad`` (skipped when ``conditioning`` is off); the second pass
   runs with the hooks and autograd (backprop from the lowest chosen block up).
@@ -30,11 +31,11 @@ from ldp.methods.base import AdaptedModel, resolve_steps
 from ldp.methods.lora_diffusion.config import LoraDiffusionConfig
 from ldp.methods.lora_diffusion.layer import (
     PhaseAdapter,
-    instruction_encoding,
+    context_encoding,
     sinusoidal_step_embedding,
 )
 
-__all__ = ["LoraDiffusionModel", "attach"]
+__all__ = ["LoraDiffusionModel", "attach", "run_base"]
 
 
 @dataclass
@@ -42,11 +43,34 @@ class _StepContext:
     steps: torch.Tensor  # (B,) long
     phase: torch.Tensor  # (B,) long
     temb: torch.Tensor  # (B, d_t) fp32
-    cond: torch.Tensor | None  # (B, d) fp32
+    cond: torch.Tensor | None  # (B, d_c) fp32
 
 
 def _site_name(layer: int) -> str:
     return f"layer{layer}"
+
+
+def run_base(
+    base: nn.Module, input_ids: torch.Tensor, t: torch.Tensor | None,
+    attention_mask: torch.Tensor | None, capture: list[int] | tuple[int, ...] = (),
+) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """One pass of ``base``: its final states (B, L, d) and the outputs of the blocks whose
+    indices are in ``capture`` (``{index: (B, L, d)}``, read by forward hooks that are removed
+    again). The caller chooses autograd and precision."""
+    captured: dict[int, torch.Tensor] = {}
+    blocks = base.blocks() if capture else []
+    hooks = [
+        blocks[i].register_forward_hook(
+            lambda m, a, out, key=i: captured.__setitem__(key, out[0] if isinstance(out, tuple) else out)
+        )
+        for i in capture
+    ]
+    try:
+        hidden = base.hidden_states(input_ids, t, attention_mask)
+    finally:
+        for handle in hooks:
+            handle.remove()
+    return hidden, captured
 
 
 class _Moments:
@@ -100,6 +124,11 @@ class LoraDiffusionModel(AdaptedModel):
         if len(set(layers)) != len(layers):
             raise UsageError(f"inject_layers names the same block twice: {config.inject_layers}")
         self.inject_layers = sorted(layers)
+        # Enc(c) reads these blocks' outputs besides the final states (the last block's output
+        # is the final state, up to a final norm, so it is not read twice).
+        self.context_blocks = (
+            list(range(len(blocks) - 1)) if config.conditioning and config.context == "blocks" else []
+        )
         ranges = config.step_ranges()
         self.register_buffer(
             "_phase_of_step",
@@ -121,6 +150,7 @@ class LoraDiffusionModel(AdaptedModel):
                     first_step=lo,
                     conditioning=config.conditioning,
                     offset=config.offset,
+                    context_dim=base.hidden_size * (len(self.context_blocks) + 1),
                     device=device,
                 )
             self.sites[site] = phases
@@ -184,7 +214,7 @@ class LoraDiffusionModel(AdaptedModel):
 
         cfg = self.config
         gen = torch.Generator().manual_seed(seed)
-        sites = ["final", *(_site_name(i) for i in self.inject_layers)]
+        sites = {"final": None, **{_site_name(i): i for i in self.inject_layers}}  # site -> block
         ranges = cfg.step_ranges()
         batches = list(batches)
         summary = {}
@@ -203,30 +233,18 @@ class LoraDiffusionModel(AdaptedModel):
                     transition=diffusion.transition, schedule=diffusion.schedule,
                     generator=gen, min_one=diffusion.min_one_corrupted,
                 )
-                captured = {}
-                hooks = [
-                    self.base.blocks()[i].register_forward_hook(
-                        lambda m, a, out, key=_site_name(i): captured.__setitem__(
-                            key, out[0] if isinstance(out, tuple) else out
-                        )
+                with self._base_context(x0.device):
+                    hidden, captured = run_base(
+                        self.base, x_t, steps.float() / cfg.num_steps, attention,
+                        sorted({*self.inject_layers, *self.context_blocks}),
                     )
-                    for i in self.inject_layers
-                ]
-                try:
-                    with self._base_context(x0.device):
-                        hidden = self.base.hidden_states(x_t, steps.float() / cfg.num_steps, attention)
-                finally:
-                    for handle in hooks:
-                        handle.remove()
-                captured["final"] = hidden
-                for site in sites:
-                    acc[site].add(captured[site].float()[response])
+                for site, block in sites.items():
+                    state = hidden if block is None else captured[block]
+                    acc[site].add(state.float()[response])
                 if cfg.conditioning:
-                    cond = instruction_encoding(
-                        hidden.float(), batch.get("instruction_mask"), input_ids=x_t,
-                        mask_token_id=self.base.mask_token_id, attention_mask=attention,
-                    )
-                    cond_acc.add(cond)
+                    cond_acc.add(self._encode(
+                        hidden, captured, batch.get("instruction_mask"), x_t, attention
+                    ))
             for site in sites:
                 module = self.sites[site][name]
                 h_mean, h_std = acc[site].mean_std()
@@ -251,6 +269,18 @@ class LoraDiffusionModel(AdaptedModel):
         if resolve_base_dtype(self.config.base_dtype, device) == "bf16":
             return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
         return nullcontext()
+
+    def _encode(
+        self, hidden: torch.Tensor, captured: dict[int, torch.Tensor],
+        instruction_mask: torch.Tensor | None, input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Enc(c) (B, d_c) fp32: prompt means of the context blocks' outputs, then the final states'."""
+        states = [captured[i].detach() for i in self.context_blocks] + [hidden.detach()]
+        return context_encoding(
+            states, instruction_mask, input_ids=input_ids,
+            mask_token_id=self.base.mask_token_id, attention_mask=attention_mask,
+        )
 
     def _perturb(self, site: str, hidden: torch.Tensor, ctx: _StepContext) -> torch.Tensor:
         """delta (B, L, d) fp32 of one site: each row uses the modules of its step's phase."""
@@ -327,22 +357,16 @@ class LoraDiffusionModel(AdaptedModel):
         temb = sinusoidal_step_embedding(steps, cfg.time_embed_dim)
         phase = self._phase_of_step[steps]
 
-        def enc(hidden: torch.Tensor) -> torch.Tensor | None:
+        def enc(hidden: torch.Tensor, captured: dict[int, torch.Tensor]) -> torch.Tensor | None:
             if not cfg.conditioning:
                 return None
-            return instruction_encoding(
-                hidden.detach(),
-                instruction_mask,
-                input_ids=input_ids,
-                mask_token_id=self.base.mask_token_id,
-                attention_mask=attention_mask,
-            )
+            return self._encode(hidden, captured, instruction_mask, input_ids, attention_mask)
 
         if not self.inject_layers:
             with torch.no_grad(), self._base_context(input_ids.device):
-                hidden = self.base.hidden_states(input_ids, t, attention_mask)
+                hidden, captured = run_base(self.base, input_ids, t, attention_mask, self.context_blocks)
             hidden = hidden.float()
-            ctx = _StepContext(steps, phase, temb, enc(hidden))
+            ctx = _StepContext(steps, phase, temb, enc(hidden, captured))
             if positions is None:
                 return hidden + self._perturb("final", hidden, ctx)
             return self._perturb_at(hidden, ctx, positions)
@@ -350,8 +374,8 @@ class LoraDiffusionModel(AdaptedModel):
         cond = None
         if cfg.conditioning:
             with torch.no_grad(), self._base_context(input_ids.device):
-                clean = self.base.hidden_states(input_ids, t, attention_mask)
-            cond = enc(clean)
+                clean, captured = run_base(self.base, input_ids, t, attention_mask, self.context_blocks)
+            cond = enc(clean, captured)
         ctx = _StepContext(steps, phase, temb, cond)
         self._context = ctx
         try:
@@ -372,13 +396,16 @@ class LoraDiffusionModel(AdaptedModel):
         attention_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
         encoding: torch.Tensor | None = None,
+        block_states: dict[int, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """``sum_i sigma(t) g_i(H, t, c)`` (B, L, d) fp32 at the final site for given base states H.
 
         ``positions`` (B, L) bool: compute it there only (zero elsewhere), for callers that read
         H' at a few positions (a sampler reads the masked positions of the current block).
-        ``encoding`` (B, d): Enc(c) already taken from the same H (a composition computes it once
-        for all its adapters); computed here otherwise.
+        ``encoding`` (B, d_c): Enc(c) already taken from the same base pass (a composition computes
+        it once for all its adapters); computed here otherwise, from H and, with ``context:
+        blocks``, ``block_states`` (block index -> (B, L, d) output of the same pass; see
+        :attr:`context_blocks`).
 
         For composition (``ldp.methods.compose``): one frozen-base forward gives H,
         and each task adapter's perturbation is added with its weight,
@@ -397,13 +424,13 @@ class LoraDiffusionModel(AdaptedModel):
         if self.config.conditioning and encoding is not None:
             cond = encoding.float()
         elif self.config.conditioning:
-            cond = instruction_encoding(
-                hidden.detach(),
-                instruction_mask,
-                input_ids=input_ids,
-                mask_token_id=self.base.mask_token_id,
-                attention_mask=attention_mask,
-            )
+            missing = [i for i in self.context_blocks if i not in (block_states or {})]
+            if missing:
+                raise UsageError(
+                    f"this adapter's Enc(c) reads the outputs of blocks {self.context_blocks} "
+                    "(context: blocks): pass them as block_states, or pass encoding"
+                )
+            cond = self._encode(hidden, block_states or {}, instruction_mask, input_ids, attention_mask)
         temb = sinusoidal_step_embedding(steps, self.config.time_embed_dim)
         ctx = _StepContext(steps, self._phase_of_step[steps], temb, cond)
         if positions is None:

@@ -134,11 +134,11 @@ class RoutedModel(nn.Module):
     def routed_hidden(self, x_t, t_norm, attention_mask, instruction_mask):
         """``(H' (B, L, d), Enc(c) (B, d))`` of one composed step weighted by the router."""
         comp = self.composition
-        hidden, steps = comp.base_states(x_t, t_norm, attention_mask)
+        hidden, steps, blocks = comp.base_states(x_t, t_norm, attention_mask)
         enc = comp.encoding(hidden, x_t, instruction_mask, attention_mask)
         weights = comp.resolve_weights(self.router(enc), x_t.shape[0], steps)
         mixed = comp.mix(hidden, steps, weights, input_ids=x_t, instruction_mask=instruction_mask,
-                         attention_mask=attention_mask)
+                         attention_mask=attention_mask, encoding=enc, block_states=blocks)
         return mixed, enc
 
 
@@ -233,7 +233,7 @@ def _sample_encodings(comp, collate, rows: list[dict[str, Any]], n: int = 512, b
         b = collate(picked[i : i + batch])
         ids = b["input_ids"].masked_fill(b["response_mask"], comp.mask_token_id)
         steps = torch.full((ids.shape[0],), comp.num_steps)
-        hidden, _ = comp.base_states(ids, attention_mask=b["attention_mask"], steps=steps)
+        hidden = comp.base_states(ids, attention_mask=b["attention_mask"], steps=steps).hidden
         out.append(comp.encoding(hidden, ids, b["instruction_mask"], b["attention_mask"]))
     return torch.cat(out)
 
