@@ -44,6 +44,28 @@ def test_single_adapter_mix_is_exactly_that_adapter(pair, batch):
     assert torch.equal(comp(ids, steps=steps, instruction_mask=inst), a(ids, steps=steps, instruction_mask=inst))
 
 
+def test_adapters_reading_different_contexts_compose(tiny, batch):
+    """An adapter whose Enc(c) reads every block and one that reads the final states only share
+    one base pass: each weighted alone gives exactly its own output, and the half-half mix is
+    the sum of the two perturbations."""
+    ids, t, inst = batch
+    h = base_fingerprint(tiny)
+    blocks, final = adapter(tiny, 1, h), adapter(tiny, 2, h, context="final")
+    assert blocks.context_blocks and not final.context_blocks
+    comp = Composition(tiny, {"blocks": blocks, "final": final})
+    assert comp.context_blocks == blocks.context_blocks
+    alone_b = blocks(ids, t, instruction_mask=inst)
+    alone_f = final(ids, t, instruction_mask=inst)
+    assert torch.equal(comp(ids, t, instruction_mask=inst, weights=torch.tensor([1.0, 0.0])), alone_b)
+    assert torch.equal(comp(ids, t, instruction_mask=inst, weights=torch.tensor([0.0, 1.0])), alone_f)
+    base = tiny.hidden_states(ids, t)
+    mixed = comp.hidden_states(ids, t, instruction_mask=inst, weights=torch.tensor([0.5, 0.5]))
+    want = base + 0.5 * (blocks.hidden_states(ids, t, instruction_mask=inst) - base) + 0.5 * (
+        final.hidden_states(ids, t, instruction_mask=inst) - base
+    )
+    torch.testing.assert_close(mixed, want, rtol=0, atol=1e-5)
+
+
 def test_mix_is_the_weighted_sum_of_perturbations_per_row(pair, batch):
     base, a, b = pair
     ids, t, inst = batch
