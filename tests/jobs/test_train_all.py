@@ -80,14 +80,15 @@ def test_spec_hash_of_an_adapter_job_sees_defaults_written_out_as_the_same_run()
 
 
 def test_the_readme_submit_and_a_compare_cell_on_the_base_it_ran_on_hash_alike():
-    """The README's ``ldp submit`` leaves base and steps unset (``@latest``, the recipe's 300);
-    a ``compare`` cell pins the base that ``@latest`` resolved to and writes 300 out. Published on
-    that base, the first is the second's run and must be reused, not retrained."""
+    """The README's ``ldp submit`` leaves base and steps unset (``@latest``, the recipe's default);
+    a ``compare`` cell pins the base that ``@latest`` resolved to and writes the steps out.
+    Published on that base, the first is the second's run and must be reused, not retrained."""
     from ldp.jobs.train_all_spec import spec_hash
+    from ldp.training.recipes.adapter import DEFAULT_STEPS
 
     readme = {"kind": "adapter", "task": "sst2", "size": "tiny", "method": "lora-diffusion",
               "base": None, "steps": None, "auto_base": True, "train": {}}
-    cell = {**readme, "base": "bases/tiny@1", "steps": 300,
+    cell = {**readme, "base": "bases/tiny@1", "steps": DEFAULT_STEPS,
             "train": {"eval": {"split": "validation", "limit": 200}}}
     assert spec_hash(readme, ran_on="bases/tiny@1") == spec_hash(cell)
     assert spec_hash(readme, ran_on="bases/tiny@2") != spec_hash(cell)

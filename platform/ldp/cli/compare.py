@@ -56,7 +56,7 @@ def parse_method_steps(value: Optional[str]) -> Optional[dict[str, int]]:
 def compare(
     tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated task keys (default sst2,agnews,trec)."),
     methods: Optional[str] = typer.Option(None, "--methods", help="Comma-separated methods, or 'all' (default)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps of every cell."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps of every cell (default 900, the adapter recipe's)."),
     task_steps: Optional[str] = typer.Option(None, "--task-steps", help="Per-task steps replacing --steps: squad=100,gsm8k=60."),
     method_steps: Optional[str] = typer.Option(
         None, "--method-steps",

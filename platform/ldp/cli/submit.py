@@ -65,7 +65,7 @@ def submit(
     size: Optional[str] = typer.Option(None, "--size", help="Base size: tiny, 350m, 1.3b, 7b."),
     method: Optional[str] = typer.Option(None, "--method", help="lora-diffusion | weight-lora | prefix | adapters | bitfit | full."),
     base: Optional[str] = typer.Option(None, "--base", help="Base: registry reference or folder (default bases/<size>@latest)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps (default 900)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Ray Train workers."),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="auto | ddp | zero2 | zero3 | zero3-offload."),
     gpus: Optional[int] = typer.Option(None, "--gpus", help="Train on N GPUs (N workers, one GPU each, bf16)."),

@@ -42,7 +42,7 @@ def train_all(
     tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated task keys, or 'all' (default)."),
     method: Optional[str] = typer.Option(None, "--method", help="Adapter method (composition needs lora-diffusion)."),
     base: Optional[str] = typer.Option(None, "--base", help="Base: registry reference or folder (default bases/<size>@latest)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps per task adapter."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps per task adapter (default 900)."),
     task_steps: Optional[str] = typer.Option(None, "--task-steps", help="Per-task steps replacing --steps: squad=100,gsm8k=60."),
     router_steps: Optional[int] = typer.Option(None, "--router-steps", help="Optimiser steps of the router."),
     max_parallel: Optional[int] = typer.Option(None, "--max-parallel", help="At most K adapter jobs at once (default: what the cluster places)."),
