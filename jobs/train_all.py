@@ -55,7 +55,8 @@ def find_published_adapter(reg, task: str, method: str, want: str) -> str | None
             return str(info.ref)
         if str(stored or "").startswith("tuned-") or "job_spec.yaml" not in manifest.files:
             continue
-        if _published_hash(reg, str(info.ref), (manifest.base or {}).get("ref")) == want:
+        ran = _published_hash(reg, str(info.ref), (manifest.base or {}).get("ref"), manifest.files)
+        if ran == want:
             return str(info.ref)
     return None
 
@@ -65,17 +66,26 @@ _HASHES: dict[tuple[str, str], str | None] = {}
 version never changes, and a grid looks every version up once per cell."""
 
 
-def _published_hash(reg, ref: str, ran_on: str | None) -> str | None:
+def _published_hash(reg, ref: str, ran_on: str | None, files) -> str | None:
     """The spec hash of the ``job_spec.yaml`` published with ``ref``, which trained on the base
-    ``ran_on`` (its manifest's base ref)."""
+    ``ran_on`` (its manifest's base ref), with the recipe config it ran (``job_config.json``, and
+    the method config its ``adapter_config.json`` saved) where they were published: not what
+    its spec would resolve to under today's defaults."""
     import yaml
 
     from ldp.jobs.train_all_spec import spec_hash
+    from ldp.methods import get_method
 
     key = (reg.url, ref)
     if key not in _HASHES:
         try:
-            _HASHES[key] = spec_hash(yaml.safe_load(reg.read_bytes(ref, "job_spec.yaml")) or {}, ran_on=ran_on)
+            spec = yaml.safe_load(reg.read_bytes(ref, "job_spec.yaml")) or {}
+            ran_with = None
+            if "job_config.json" in files and "adapter_config.json" in files:
+                ran_with = json.loads(reg.read_bytes(ref, "job_config.json"))
+                meta = json.loads(reg.read_bytes(ref, "adapter_config.json"))
+                ran_with["method_config"] = get_method(meta["ldp_method"]).saved_config(meta)
+            _HASHES[key] = spec_hash(spec, ran_on=ran_on, ran_with=ran_with)
         except Exception:  # noqa: BLE001 - an unreadable old spec just does not match
             _HASHES[key] = None
     return _HASHES[key]

@@ -100,7 +100,9 @@ class PipelineSpec:
         return self.name or f"{self.size}-{self.method}"
 
 
-def spec_hash(data: dict[str, Any], *, ran_on: str | None = None) -> str:
+def spec_hash(
+    data: dict[str, Any], *, ran_on: str | None = None, ran_with: dict[str, Any] | None = None
+) -> str:
     """sha256 (first 16 hex) of a resolved job spec, ignoring fields that do not change its
     result (:data:`_RESULT_NEUTRAL`).
 
@@ -108,7 +110,11 @@ def spec_hash(data: dict[str, Any], *, ran_on: str | None = None) -> str:
     resolve to, defaults filled in: a spec that writes a default out (``eval.limit: 200``, as
     ``ldp compare`` does) and one that leaves it implicit (as ``ldp submit`` does) describe the
     same run and hash the same. ``steps`` is then part of that config (``loop.max_steps``), so
-    ``steps: null`` and the recipe's default number hash alike. ``ran_on`` is the concrete base a
+    ``steps: null`` and the recipe's default number hash alike; the method's config is filled in
+    with the method's defaults too. ``ran_with`` is the recipe config a published job actually
+    ran (its ``job_config.json``, the method config as its adapter saved it): it replaces what the
+    spec resolves to under today's defaults, so that a default changed since (the steps, the
+    method's form) does not make an old run pass for a new one. ``ran_on`` is the concrete base a
     published job trained on (its manifest's base ref): it stands for an unpinned ``base`` (none,
     or ``@latest``), so the README's ``ldp submit`` and a ``compare`` cell pinned to the base
     that ``@latest`` was then describe the same run. A spec the recipe no longer accepts hashes
@@ -118,7 +124,7 @@ def spec_hash(data: dict[str, Any], *, ran_on: str | None = None) -> str:
         data = {**data, "base": ran_on}
     plain = {k: v for k, v in data.items() if k not in _RESULT_NEUTRAL}
     if plain.get("kind", "adapter") == "adapter" and "task" in plain:
-        resolved = _resolved_train(data)
+        resolved = _without_locations(ran_with) if ran_with is not None else _resolved_train(data)
         if resolved is not None:
             plain["train"] = resolved
             plain.pop("steps", None)
@@ -141,14 +147,22 @@ def _unpinned(base: Any) -> bool:
 
 
 def _resolved_train(data: dict[str, Any]) -> dict[str, Any] | None:
-    """The adapter recipe config of an adapter job spec, minus where things are stored."""
+    """The adapter recipe config of an adapter job spec under today's defaults (the method's
+    config filled in), minus where things are stored."""
     from ldp.jobs.spec import JobSpec, train_config
+    from ldp.methods import get_method
 
     try:
         spec = build(JobSpec, {k: v for k, v in to_dict(data).items() if k != "kind"}, where="job")
         config = train_config(spec, spec.base)
+        method = get_method(config["method"])
+        config["method_config"] = to_dict(method.build_config(config.get("method_config") or {}))
     except Exception:  # noqa: BLE001 - an old or invalid spec hashes as written
         return None
+    return _without_locations(config)
+
+
+def _without_locations(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in ("registry", "data_dir")}
 
 

@@ -98,6 +98,40 @@ def test_the_readme_submit_and_a_compare_cell_on_the_base_it_ran_on_hash_alike()
     assert spec_hash({**cell, "base": "bases/tiny@2"}, ran_on="bases/tiny@1") != spec_hash(cell)
 
 
+def test_a_published_run_is_matched_by_what_it_ran_not_by_todays_defaults(tmp_path):
+    """An adapter published by the README's ``ldp submit`` (steps and method config implicit)
+    ran the defaults of its day: 300 steps and the final-state Enc(c). Once the defaults are 900
+    steps and ``context: blocks``, the same implicit spec describes another run and must not
+    reuse it; a spec that asks for what it ran (300 steps, ``context: final``) must."""
+    import json
+
+    import yaml
+    from ldp.jobs import train_all
+    from ldp.jobs.train_all import find_published_adapter
+    from ldp.jobs.train_all_spec import _resolved_train, spec_hash
+    from ldp.store import Registry
+
+    reg = Registry(f"file://{tmp_path / 'reg'}")
+    base = reg.publish("bases/tiny", {"config.json": b"{}"})
+    readme = {"kind": "adapter", "task": "sst2", "size": "tiny", "method": "lora-diffusion",
+              "base": None, "steps": None, "auto_base": True, "train": {}}
+    ran = _resolved_train({**readme, "base": str(base), "steps": 300})
+    ran["method_config"] = {"num_steps": 100}  # as job_config.json recorded it then
+    saved = {"ldp_method": "lora-diffusion", "ldp_config": {"num_steps": 100, "ranks": [64, 32, 8]}}
+    ref = reg.publish("adapters/sst2/lora-diffusion", {
+        "job_spec.yaml": yaml.safe_dump(readme).encode(), "job_config.json": json.dumps(ran).encode(),
+        "adapter_config.json": json.dumps(saved).encode(),
+    }, base=base, metadata={"accuracy": 68.5})
+    train_all._HASHES.clear()
+    today = spec_hash({**readme, "base": str(base)})
+    assert find_published_adapter(reg, "sst2", "lora-diffusion", today) is None
+    asked = {**readme, "base": str(base), "steps": 300, "train": {"method_config": {"context": "final"}}}
+    assert find_published_adapter(reg, "sst2", "lora-diffusion", spec_hash(asked)) == str(ref)
+    # Writing a method default out describes the same run as leaving it implicit.
+    explicit = {**readme, "train": {"method_config": {"context": "blocks"}}}
+    assert spec_hash(explicit, ran_on="bases/tiny@1") == spec_hash(readme, ran_on="bases/tiny@1")
+
+
 def _kill_tree(proc: subprocess.Popen) -> None:
     """SIGKILL the pipeline and every process it started (its embedded Ray included)."""
     import psutil

@@ -26,7 +26,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -46,7 +46,6 @@ __all__ = [
     "OnABase",
     "base_fingerprint",
     "copy_into",
-    "load_generic",
     "module_paths",
     "parameter_count",
     "read_adapter_config",
@@ -338,10 +337,9 @@ class AdaptedModel(OnABase):
 # --------------------------------------------------------------------------- the method record
 
 
-def load_generic(method: Method, base: nn.Module, folder: Path, meta: dict, base_hash: str):
+def _load_generic(method: Method, base: nn.Module, folder: Path, meta: dict, base_hash: str):
     """Attach ``method`` with the saved config and copy the saved adapter weights in."""
-    config = method.build_config(meta.get("ldp_config") or {})
-    model = method.attach(base, config, base_hash=base_hash)
+    model = method.attach(base, method.build_config(method.saved_config(meta)), base_hash=base_hash)
     weights = folder / ADAPTER_WEIGHTS_NAME
     if not weights.is_file():
         raise LdpError(f"{folder}: no {ADAPTER_WEIGHTS_NAME}")
@@ -368,10 +366,18 @@ class Method:
     by an order of magnitude (full fine-tuning diverges from the task at the adapters' 1e-3), so
     ``--method M`` alone must give a fair baseline. Where each value comes from is written
     beside it in the method's ``__init__``."""
+    legacy_defaults: dict[str, Any] = field(default_factory=dict)
+    """Config fields added after adapters were already being saved, with the value that gives
+    those adapters' behaviour (their saved config lacks the key; today's default may differ)."""
 
     def build_config(self, data: dict[str, Any] | None = None) -> Any:
         """The method's config from a plain dict (unknown keys / bad values -> UsageError)."""
         return build(self.config_cls, data)
+
+    def saved_config(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """Every field of the config an adapter was trained with, from its ``adapter_config.json``
+        (``meta``): the saved ``ldp_config``, with :attr:`legacy_defaults` for keys it predates."""
+        return to_dict(self.build_config({**self.legacy_defaults, **(meta.get("ldp_config") or {})}))
 
     def attach(
         self, base: nn.Module, config: Any = None, *, base_hash: str | None = None
@@ -394,7 +400,7 @@ class Method:
         return self.attach_fn(base, config, base_hash=base_hash)
 
     def load(self, base: nn.Module, folder: Path, meta: dict, base_hash: str) -> AdaptedModel:
-        fn = self.load_fn or load_generic
+        fn = self.load_fn or _load_generic
         return fn(self, base, folder, meta, base_hash)
 
 
