@@ -223,9 +223,9 @@ def connect(
         cpus = num_cpus if num_cpus is not None else (os.cpu_count() or 1)
         if cpus < 1:
             raise UsageError(f"--num-cpus must be >= 1, got {cpus}")
-        # The dashboard's start can time out on a loaded machine ("Failed to start the
-        # dashboard", seen once in a CI run on 2 busy cores): one more try, on a port chosen
-        # again, before giving up.
+        # Starting can time out on a loaded machine ("Failed to start the dashboard"; "The
+        # current node timed out during startup", both seen in CI runs on 2 busy cores): one
+        # more try, on a port chosen again, before giving up.
         for attempt in (1, 2):
             dashboard: dict[str, Any] = {}
             if include_dashboard:
@@ -251,7 +251,7 @@ def connect(
                 break
             except Exception as exc:
                 ray.shutdown()
-                if attempt == 2 or "dashboard" not in str(exc).lower():
+                if attempt == 2 or not _transient_start_failure(exc):
                     raise LdpError(f"could not start a local Ray: {first_line(exc)}") from exc
         gcs = info.address_info.get("gcs_address") or ray.get_runtime_context().gcs_address
         return ClusterHandle("local", gcs, _dashboard_url(info), runtime_env, owns_driver=True)
@@ -267,6 +267,12 @@ def connect(
     except Exception as exc:
         raise LdpError(f"cannot reach Ray at {addr}: {first_line(exc)}") from exc
     return ClusterHandle("ray", addr, _dashboard_url(info), runtime_env, owns_driver=True)
+
+
+def _transient_start_failure(exc: BaseException) -> bool:
+    """A local Ray start that failed because the machine was busy, not because of its settings."""
+    text = str(exc).lower()
+    return "dashboard" in text or "timed out during startup" in text
 
 
 def _dashboard_url(info: Any) -> str | None:

@@ -1,5 +1,6 @@
-"""connect() tries a second time when the embedded Ray's dashboard fails to start (a timeout seen
-on a busy 2-core CI machine), and still fails with one line on any other error."""
+"""connect() tries a second time when the embedded Ray fails to start because the machine is busy
+(its dashboard or its node timing out, seen on busy 2-core CI machines), and still fails with one
+line on any other error."""
 
 from __future__ import annotations
 
@@ -29,6 +30,28 @@ def test_a_dashboard_that_failed_to_start_gets_one_more_try(ray_home, monkeypatc
     finally:
         handle.shutdown()
     assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize("message, retried", [
+    ("Failed to start the dashboard\nThe last 20 lines of dashboard.log ...", True),
+    ("The current node timed out during startup. This could happen because some of the raylet "
+     "failed to startup or the GCS has become overloaded.", True),
+])
+def test_which_start_failures_get_a_second_try(message, retried, monkeypatch):
+    import ray
+
+    calls = []
+
+    def failing_init(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError(message)
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", failing_init)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    with pytest.raises(LdpError, match="^could not start a local Ray: "):
+        connect(num_cpus=1)
+    assert len(calls) == (2 if retried else 1)
 
 
 def test_other_start_errors_are_not_retried(monkeypatch):
