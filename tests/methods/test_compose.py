@@ -110,6 +110,19 @@ def test_mix_at_positions_matches_the_full_mix_there_and_keeps_the_base_elsewher
     assert not torch.allclose(full[~positions], hidden[~positions])  # the full mix does perturb there
 
 
+def test_mix_without_the_block_outputs_its_adapters_read_fails_with_one_line(pair, batch):
+    base, a, b = pair
+    ids, t, inst = batch
+    comp = Composition(base, {"a": a, "b": b})
+    assert comp.context_blocks, "the fixture's adapters should read block outputs"
+    hidden, steps, blocks = comp.base_states(ids, t)
+    partial = dict(list(blocks.items())[:-1])
+    for given in (None, partial):
+        with pytest.raises(UsageError, match=r"reads the outputs of blocks .*pass them as block_states"):
+            comp.mix(hidden, steps, torch.tensor([[1.0, 0.0], [0.3, 0.7]]), input_ids=ids,
+                     instruction_mask=inst, block_states=given)
+
+
 def test_zero_weight_rows_skip_the_adapter(pair, batch, monkeypatch):
     base, a, b = pair
     ids, t, inst = batch

@@ -305,20 +305,10 @@ class Composition(OnABase):
         def encoding_for(adapter) -> torch.Tensor | None:
             if not adapter.config.conditioning:
                 return None
-            key = tuple(getattr(adapter, "context_blocks", ()))
+            key = tuple(adapter.context_blocks)
             if key not in encodings:
-                from ldp.methods.lora_diffusion.layer import context_encoding
-
-                missing = [i for i in key if i not in (block_states or {})]
-                if missing:
-                    raise UsageError(
-                        f"an adapter's Enc(c) reads blocks {list(key)}: pass block_states "
-                        "(BaseStates.blocks of the same base pass)"
-                    )
-                states = [block_states[i] for i in key] + [hidden]
-                encodings[key] = context_encoding(
-                    [h.detach() for h in states], instruction_mask, input_ids=input_ids,
-                    mask_token_id=self.base.mask_token_id, attention_mask=attention_mask,
+                encodings[key] = adapter.encode_context(
+                    hidden, block_states, instruction_mask, input_ids, attention_mask
                 )
             return encodings[key]
 

@@ -242,7 +242,7 @@ class LoraDiffusionModel(AdaptedModel):
                     state = hidden if block is None else captured[block]
                     acc[site].add(state.float()[response])
                 if cfg.conditioning:
-                    cond_acc.add(self._encode(
+                    cond_acc.add(self.encode_context(
                         hidden, captured, batch.get("instruction_mask"), x_t, attention
                     ))
             for site in sites:
@@ -270,13 +270,22 @@ class LoraDiffusionModel(AdaptedModel):
             return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
         return nullcontext()
 
-    def _encode(
-        self, hidden: torch.Tensor, captured: dict[int, torch.Tensor],
+    def encode_context(
+        self, hidden: torch.Tensor, block_states: dict[int, torch.Tensor] | None,
         instruction_mask: torch.Tensor | None, input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Enc(c) (B, d_c) fp32: prompt means of the context blocks' outputs, then the final states'."""
-        states = [captured[i].detach() for i in self.context_blocks] + [hidden.detach()]
+        """Enc(c) (B, d_c) fp32 from one base pass: the prompt means of the outputs of
+        :attr:`context_blocks` (``block_states``: block index -> (B, L, d)), then of the final
+        states ``hidden``. One line of error if a block this adapter reads is missing."""
+        block_states = block_states or {}
+        missing = [i for i in self.context_blocks if i not in block_states]
+        if missing:
+            raise UsageError(
+                f"this adapter's Enc(c) reads the outputs of blocks {self.context_blocks} "
+                "(context: blocks): pass them as block_states (the same base pass), or pass encoding"
+            )
+        states = [block_states[i].detach() for i in self.context_blocks] + [hidden.detach()]
         return context_encoding(
             states, instruction_mask, input_ids=input_ids,
             mask_token_id=self.base.mask_token_id, attention_mask=attention_mask,
@@ -360,7 +369,7 @@ class LoraDiffusionModel(AdaptedModel):
         def enc(hidden: torch.Tensor, captured: dict[int, torch.Tensor]) -> torch.Tensor | None:
             if not cfg.conditioning:
                 return None
-            return self._encode(hidden, captured, instruction_mask, input_ids, attention_mask)
+            return self.encode_context(hidden, captured, instruction_mask, input_ids, attention_mask)
 
         if not self.inject_layers:
             with torch.no_grad(), self._base_context(input_ids.device):
@@ -424,13 +433,7 @@ class LoraDiffusionModel(AdaptedModel):
         if self.config.conditioning and encoding is not None:
             cond = encoding.float()
         elif self.config.conditioning:
-            missing = [i for i in self.context_blocks if i not in (block_states or {})]
-            if missing:
-                raise UsageError(
-                    f"this adapter's Enc(c) reads the outputs of blocks {self.context_blocks} "
-                    "(context: blocks): pass them as block_states, or pass encoding"
-                )
-            cond = self._encode(hidden, block_states or {}, instruction_mask, input_ids, attention_mask)
+            cond = self.encode_context(hidden, block_states, instruction_mask, input_ids, attention_mask)
         temb = sinusoidal_step_embedding(steps, self.config.time_embed_dim)
         ctx = _StepContext(steps, self._phase_of_step[steps], temb, cond)
         if positions is None:
