@@ -7,7 +7,10 @@ base's final states:
 
 - ``answer``: the state at the first answer position, which is what the head (and a trajectory
   adapter) turns into the first answer token;
-- ``mean``: the mean over the prompt's tokens (the classic sentence-embedding probe).
+- ``mean``: the mean over the prompt's tokens (the classic sentence-embedding probe);
+- ``blocks``: that mean taken at the output of every block, concatenated and standardised with
+  the training examples' per-feature statistics -- what a lora-diffusion adapter with
+  ``context: blocks`` conditions on.
 
 A probe is trained on the train split and scored on the validation split, so it never sees the
 numbers it reports. It is an estimate of what a *linear* readout of the frozen features can reach,
@@ -60,11 +63,14 @@ def _load(base: str):
 
 
 @torch.no_grad()
-def features(model, tok, examples, answer_width: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(answer, mean)`` readouts, one row per example (see the module docstring)."""
+def features(model, tok, examples, answer_width: int, batch: int) -> dict[str, torch.Tensor]:
+    """``{"answer", "mean", "blocks"}`` readouts, one row per example (the module docstring);
+    ``blocks`` is not yet standardised."""
     from ldp.data.collate import encode_example
+    from ldp.methods.lora_diffusion.model import run_base
 
-    answer_rows, mean_rows = [], []
+    rows: dict[str, list[torch.Tensor]] = {"answer": [], "mean": [], "blocks": []}
+    inner = list(range(len(model.blocks()) - 1))  # the last block's output is the final state
     for start in range(0, len(examples), batch):
         chunk = [encode_example(ex, tok)["prompt_ids"] for ex in examples[start : start + batch]]
         width = max(len(p) for p in chunk) + answer_width
@@ -75,12 +81,23 @@ def features(model, tok, examples, answer_width: int, batch: int) -> tuple[torch
             x[i, :n] = torch.tensor(prompt)
             x[i, n : n + answer_width] = model.mask_token_id
             attn[i, : n + answer_width] = 1
-        h = model.hidden_states(x, torch.ones(len(chunk)), attn).float()
+        h, captured = run_base(model, x, torch.ones(len(chunk)), attn, inner)
         lengths = torch.tensor([len(p) for p in chunk])
-        answer_rows.append(h[torch.arange(len(chunk)), lengths])
         prompt_mask = (torch.arange(width)[None, :] < lengths[:, None]).float().unsqueeze(-1)
-        mean_rows.append((h * prompt_mask).sum(1) / prompt_mask.sum(1))
-    return torch.cat(answer_rows), torch.cat(mean_rows)
+
+        def mean(states: torch.Tensor) -> torch.Tensor:
+            return (states.float() * prompt_mask).sum(1) / prompt_mask.sum(1)
+
+        rows["answer"].append(h.float()[torch.arange(len(chunk)), lengths])
+        rows["mean"].append(mean(h))
+        rows["blocks"].append(torch.cat([mean(captured[i]) for i in inner] + [mean(h)], dim=-1))
+    return {name: torch.cat(parts) for name, parts in rows.items()}
+
+
+def standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+    """``train`` and ``others`` shifted and scaled by ``train``'s per-feature mean and std."""
+    mean, std = train.mean(0), train.std(0).clamp_min(1e-6)
+    return [(x - mean) / std for x in (train, *others)]
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, classes: int, c: float = 1.0) -> torch.nn.Linear:
@@ -120,16 +137,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started = time.perf_counter()
     width = spec.max_new_tokens
-    train_answer, train_mean = features(model, tok, train, width, args.batch)
-    val_answer, val_mean = features(model, tok, val, width, args.batch)
+    train_x = features(model, tok, train, width, args.batch)
+    val_x = features(model, tok, val, width, args.batch)
+    train_x["blocks"], val_x["blocks"] = standardise(train_x["blocks"], val_x["blocks"])
     y_train = [ex.label for ex in train]
     y_val = [ex.label for ex in val]
     result = {"base": args.base, "task": args.task, "n_train": len(train), "n_val": len(val),
               "split": "validation", "majority": round(100 * max(map(y_val.count, set(y_val))) / len(y_val), 1)}
     classes = spec.num_labels
-    for name, xtr, xva in (("answer", train_answer, val_answer), ("mean", train_mean, val_mean)):
-        probe = fit_logistic(xtr, torch.tensor(y_train), classes)
-        pred = probe(xva).argmax(1)
+    for name in ("answer", "mean", "blocks"):
+        probe = fit_logistic(train_x[name], torch.tensor(y_train), classes)
+        pred = probe(val_x[name]).argmax(1)
         result[f"{name}_accuracy"] = round(100 * (pred == torch.tensor(y_val)).float().mean().item(), 1)
     result["seconds"] = round(time.perf_counter() - started, 1)
     text = json.dumps(result, indent=2)

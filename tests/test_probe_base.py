@@ -1,4 +1,4 @@
-"""``benchmarks/probe_base.py``: the linear probe fits what is separable and reports both readouts
+"""``benchmarks/probe_base.py``: the linear probe fits what is separable and reports every readout
 of a real base on real task data; bad arguments exit 2 with one line."""
 
 from __future__ import annotations
@@ -33,7 +33,14 @@ def test_logistic_probe_separates_separable_classes_and_not_noise(probe):
     assert (fitted(held_out).argmax(1) == torch.randint(0, 2, (200,), generator=g)).float().mean() < 0.65
 
 
-def test_probe_reports_both_readouts_on_a_real_base(probe, small_base, data_dir, tmp_path, capsys):
+def test_standardise_uses_the_training_statistics_for_every_split(probe):
+    train = torch.tensor([[1.0, 10.0], [3.0, 30.0]])
+    tr, other = probe.standardise(train, torch.tensor([[2.0, 50.0]]))
+    torch.testing.assert_close(tr.mean(0), torch.zeros(2))
+    torch.testing.assert_close(other, torch.tensor([[0.0, 30.0 / train[:, 1].std().item()]]))
+
+
+def test_probe_reports_every_readout_on_a_real_base(probe, small_base, data_dir, tmp_path, capsys):
     out = tmp_path / "probe.json"
     code = probe.main(["--base", str(small_base.folder), "--task", "sst2", "--data-dir", str(data_dir),
                        "--train-limit", "48", "--val-limit", "16", "--json", str(out)])
@@ -41,7 +48,7 @@ def test_probe_reports_both_readouts_on_a_real_base(probe, small_base, data_dir,
     result = json.loads(out.read_text())
     assert json.loads(capsys.readouterr().out) == result
     assert result["n_train"] == 48 and result["n_val"] == 16 and result["split"] == "validation"
-    for key in ("answer_accuracy", "mean_accuracy", "majority"):
+    for key in ("answer_accuracy", "mean_accuracy", "blocks_accuracy", "majority"):
         assert 0.0 <= result[key] <= 100.0
 
 

@@ -233,6 +233,17 @@ def test_regularisers_match_a_naive_reference(tiny, share):
     )
 
 
+def test_a_regulariser_weighted_zero_is_not_computed(tiny, monkeypatch):
+    from ldp.methods.lora_diffusion.layer import PhaseAdapter
+
+    model = attach(tiny, num_steps=6, modules_per_phase=2, lambda_rank=0.0, lambda_orth=0.0)
+    randomise(model)
+    for name in ("nuclear_norm_sum", "orthogonality"):
+        monkeypatch.setattr(PhaseAdapter, name, lambda self: pytest.fail("computed a zero-weighted term"))
+    reg = model.regularization()
+    assert float(reg["rank"]) == 0.0 and float(reg["orth"]) == 0.0
+
+
 def test_regularisers_are_finite_and_differentiable_at_init(tiny):
     model = attach(tiny, num_steps=30)
     reg = model.regularization()

@@ -45,7 +45,7 @@ def test_default_configs_follow_the_design():
         "phase",
     )
     assert (ld.lambda_rank, ld.lambda_orth, ld.num_steps, ld.inject_layers) == (
-        0.01,
+        0.001,
         0.001,
         100,
         [],

@@ -55,8 +55,12 @@ class LoraDiffusionConfig:
     calibration_examples: int = 64
     """Training examples whose frozen-base states set the input standardisers before training
     (0: no standardisation, the raw states go in)."""
-    lambda_rank: float = 0.01
-    """Weight of the nuclear norms of W_A and W_B (Eq. 17)."""
+    lambda_rank: float = 0.001
+    """Weight of the nuclear norms of W_A and W_B (Eq. 17). The paper's 0.01 held the adapter
+    back: at init the term is ~1.2 (W_B starts random), several times the denoising loss, and
+    the adapter underfit its own training data. Chosen on validation data (tiny base, 900
+    steps, docs/METHOD.md): sst2 77.3 / 79.3 / 78.7 and trec 83.6 / 86.6 / 87.6 for
+    0.01 / 0.001 / 0."""
     lambda_orth: float = 0.001
     """Weight of sum_{i<j} ||W_A_i^T W_A_j||_F^2 over modules of the same phase and step."""
 

@@ -451,9 +451,12 @@ class LoraDiffusionModel(AdaptedModel):
         """
         modules = [m for site in self.sites.values() for m in site.values()]
         zero = modules[0].lora_A.new_zeros(())
-        rank = sum((m.nuclear_norm_sum() for m in modules), zero)
-        orth = sum((m.orthogonality() for m in modules), zero)
-        return {"rank": self.config.lambda_rank * rank, "orth": self.config.lambda_orth * orth}
+        cfg = self.config
+        # A term whose weight is 0 is not computed (the nuclear norms cost an eigendecomposition
+        # per module and step).
+        rank = sum((m.nuclear_norm_sum() for m in modules), zero) if cfg.lambda_rank else zero
+        orth = sum((m.orthogonality() for m in modules), zero) if cfg.lambda_orth else zero
+        return {"rank": cfg.lambda_rank * rank, "orth": cfg.lambda_orth * orth}
 
     def effective_rank(self) -> dict[str, float]:
         """Per phase: mean entropy effective rank (Eq. 28) of W_A_i W_B_i over the phase's modules
