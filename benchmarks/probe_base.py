@@ -67,6 +67,7 @@ def features(model, tok, examples, answer_width: int, batch: int) -> dict[str, t
     """``{"answer", "mean", "blocks"}`` readouts, one row per example (the module docstring);
     ``blocks`` is not yet standardised."""
     from ldp.data.collate import encode_example
+    from ldp.methods.lora_diffusion.layer import context_encoding
     from ldp.methods.lora_diffusion.model import run_base
 
     rows: dict[str, list[torch.Tensor]] = {"answer": [], "mean": [], "blocks": []}
@@ -83,14 +84,16 @@ def features(model, tok, examples, answer_width: int, batch: int) -> dict[str, t
             attn[i, : n + answer_width] = 1
         h, captured = run_base(model, x, torch.ones(len(chunk)), attn, inner)
         lengths = torch.tensor([len(p) for p in chunk])
-        prompt_mask = (torch.arange(width)[None, :] < lengths[:, None]).float().unsqueeze(-1)
+        prompt = torch.arange(width)[None, :] < lengths[:, None]
 
-        def mean(states: torch.Tensor) -> torch.Tensor:
-            return (states.float() * prompt_mask).sum(1) / prompt_mask.sum(1)
+        def prompt_means(states: list[torch.Tensor]) -> torch.Tensor:
+            # The adapter's own Enc(c), so the probe reads exactly what it conditions on.
+            return context_encoding(states, prompt, input_ids=x, mask_token_id=model.mask_token_id,
+                                    attention_mask=attn)
 
         rows["answer"].append(h.float()[torch.arange(len(chunk)), lengths])
-        rows["mean"].append(mean(h))
-        rows["blocks"].append(torch.cat([mean(captured[i]) for i in inner] + [mean(h)], dim=-1))
+        rows["mean"].append(prompt_means([h]))
+        rows["blocks"].append(prompt_means([captured[i] for i in inner] + [h]))
     return {name: torch.cat(parts) for name, parts in rows.items()}
 
 
