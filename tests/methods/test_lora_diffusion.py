@@ -424,3 +424,64 @@ def test_blocks_context_reads_the_middle_blocks(tiny, batch):
         with torch.no_grad():
             module.c_shift[:d] += 1.0  # block 0's prompt mean only
     assert not torch.allclose(model.hidden_states(ids, t, instruction_mask=inst), before)
+
+
+def test_shared_module_acts_at_every_step_and_trains_on_every_row(tiny, batch):
+    """``shared_rank``: one more module, used at every step beside the phase's. With only its
+    W_A non-zero, every phase's steps are perturbed; in training every row sends it gradient."""
+    ids, _, inst = batch
+    model = attach(tiny, num_steps=30, shared_rank=4, shared_scale=0.5)
+    shared = model.shared_module()
+    assert shared is not None and shared.rank == 4 and shared.scale == 0.5
+    assert set(model.phase_modules()) == {"early", "middle", "late"}
+    assert {id(p) for p in shared.adapter_params()} <= {id(p) for p in model.trainable_parameters()}
+    for step in (30, 15, 2):  # one step of each phase
+        steps = torch.tensor([step, step])
+        assert torch.equal(model(ids, steps=steps, instruction_mask=inst), tiny(ids, steps / 30))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        shared.lora_A.normal_()
+        shared.lora_B.normal_()  # large enough that some ReLU units are on at every step
+    for step in (30, 15, 2):
+        steps = torch.tensor([step, step])
+        assert not torch.allclose(model(ids, steps=steps, instruction_mask=inst), tiny(ids, steps / 30))
+    model.train()
+    steps = torch.tensor([28, 3])  # rows in the early and the late phase
+    model.hidden_states(ids, steps=steps, instruction_mask=inst).pow(2).sum().backward()
+    assert shared.lora_B.grad.abs().sum() > 0
+    # its perturbation is the written formula with sigma = shared_scale, summed with the phase's
+    with torch.no_grad():
+        for module in model.phase_modules().values():
+            module.lora_A.zero_()
+    model.eval()
+    got = model.hidden_states(ids, steps=steps, instruction_mask=inst)
+    H, blocks = run_base(tiny, ids, steps / 30, None, model.context_blocks)
+    enc = model.encode_context(H, blocks, inst, ids, None)
+    alone = 0.5 * shared.lora_A[0, 0] @ (
+        torch.relu(torch.cat([H, sinusoidal_step_embedding(steps, 16)[:, None].expand(-1, 12, -1)], -1)
+                   @ shared.lora_B[0, 0].T)
+        * (1 + enc @ shared.film_weight[0, 0].T + shared.film_bias[0, 0])[:, None]
+    ).transpose(-1, -2)
+    torch.testing.assert_close(got, H + alone.transpose(-1, -2), rtol=1e-4, atol=1e-4)
+
+
+def test_shared_module_is_calibrated_saved_and_regularised(tmp_path, batch):
+    from ldp.diffusion import DiffusionConfig
+    from ldp.methods import load_adapter
+
+    ids, t, inst = batch
+    model = attach(make_tiny(), num_steps=30, shared_rank=4)
+    response = ~inst
+    model.calibrate([{"input_ids": ids, "response_mask": response, "instruction_mask": inst}],
+                    DiffusionConfig(num_steps=30))
+    shared = model.shared_module()
+    assert shared.h_shift.abs().sum() > 0 and not torch.equal(shared.c_scale, torch.ones_like(shared.c_scale))
+    randomise(model)
+    model.eval()
+    expected = model(ids, t, instruction_mask=inst)
+    loaded = load_adapter(make_tiny(), model.save_adapter(tmp_path / "a", base_name="test/native")).eval()
+    assert loaded.config.shared_rank == 4
+    assert torch.equal(loaded(ids, t, instruction_mask=inst), expected)
+    shared_only = model.regularization()["rank"] - attach(make_tiny(), num_steps=30).regularization()["rank"]
+    assert float(shared_only.detach()) != 0.0  # its nuclear norms are part of Eq. 17's term
+    assert "shared" in model.effective_rank()

@@ -28,6 +28,16 @@ class LoraDiffusionConfig:
     """sigma(t): the scale of each phase's perturbation."""
     modules_per_phase: int = 2
     """k: modules g_i summed per phase."""
+    shared_rank: int = 0
+    """Rank of one more module that every step uses beside its phase's (0, the default: none,
+    the paper's form). Each training row reaches only its own phase's modules, so with three
+    phases each learns from a third of the data; the shared module learns from all of it and
+    still sees the step through Emb(t). Measured on validation data (tiny base, 900 steps, seeds
+    0 and 1; docs/METHOD.md): trec 86.6 / 85.2 without, 86.6 / 87.6 at rank 64, 87.9 / 88.9 at
+    128; sst2 (seed 0) 79.3 without, 78.0 at 128. Not the default: at rank 128 it doubles the
+    adapter's parameters on the 1.3b base (0.85% -> 1.39%)."""
+    shared_scale: float = 1.0
+    """sigma of the shared module's perturbation."""
     share: Literal["phase", "step"] = "phase"
     """``phase``: one set of k modules per phase (default). ``step``: k modules per step, i.e.
     T sets (the paper's Eq. 24 count), stored as parameter tensors indexed by step."""
@@ -87,6 +97,10 @@ class LoraDiffusionConfig:
             raise ValueError(f"boundaries must be strictly decreasing, got {self.boundaries}")
         if any(r < 1 for r in self.ranks):
             raise ValueError(f"ranks must be >= 1, got {self.ranks}")
+        if self.shared_rank < 0:
+            raise ValueError(f"shared_rank must be >= 0, got {self.shared_rank}")
+        if self.shared_rank and "shared" in self.phase_names:
+            raise ValueError("a phase cannot be named 'shared' when shared_rank > 0")
         if self.modules_per_phase < 1:
             raise ValueError(f"modules_per_phase must be >= 1, got {self.modules_per_phase}")
         if self.time_embed_dim < 2 or self.time_embed_dim % 2:

@@ -153,6 +153,21 @@ class LoraDiffusionModel(AdaptedModel):
                     context_dim=base.hidden_size * (len(self.context_blocks) + 1),
                     device=device,
                 )
+            if config.shared_rank:
+                # One module every step uses, beside its phase's (keyed "shared" in the site).
+                phases["shared"] = PhaseAdapter(
+                    hidden_size=base.hidden_size,
+                    time_embed_dim=config.time_embed_dim,
+                    rank=config.shared_rank,
+                    scale=config.shared_scale,
+                    modules=1,
+                    slots=1,
+                    first_step=1,
+                    conditioning=config.conditioning,
+                    offset=False,
+                    context_dim=base.hidden_size * (len(self.context_blocks) + 1),
+                    device=device,
+                )
             self.sites[site] = phases
         self._context: _StepContext | None = None
         self._hooks = [
@@ -169,8 +184,14 @@ class LoraDiffusionModel(AdaptedModel):
 
     # -- the adapter
     def phase_modules(self, site: str = "final") -> dict[str, PhaseAdapter]:
-        """The phase adapters of one site, by phase name."""
-        return dict(self.sites[site].items())
+        """The phase adapters of one site, by phase name (without the shared module)."""
+        return {name: self.sites[site][name] for name in self.config.phase_names}
+
+    def shared_module(self, site: str = "final") -> PhaseAdapter | None:
+        """The module every step of one site uses beside its phase's (None without
+        ``shared_rank``)."""
+        phases = self.sites[site]
+        return phases["shared"] if "shared" in phases else None
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [
@@ -218,6 +239,9 @@ class LoraDiffusionModel(AdaptedModel):
         ranges = cfg.step_ranges()
         batches = list(batches)
         summary = {}
+        # The shared module sees every step: its statistics pool every phase's passes.
+        pooled = {site: _Moments() for site in sites}
+        pooled_cond = _Moments()
         for index, name in enumerate(cfg.phase_names):
             lo, hi = ranges[index]
             acc = {site: _Moments() for site in sites}
@@ -239,18 +263,26 @@ class LoraDiffusionModel(AdaptedModel):
                         sorted({*self.inject_layers, *self.context_blocks}),
                     )
                 for site, block in sites.items():
-                    state = hidden if block is None else captured[block]
-                    acc[site].add(state.float()[response])
+                    state = (hidden if block is None else captured[block]).float()[response]
+                    acc[site].add(state)
+                    pooled[site].add(state)
                 if cfg.conditioning:
-                    cond_acc.add(self.encode_context(
+                    encoding = self.encode_context(
                         hidden, captured, batch.get("instruction_mask"), x_t, attention
-                    ))
+                    )
+                    cond_acc.add(encoding)
+                    pooled_cond.add(encoding)
             for site in sites:
                 module = self.sites[site][name]
                 h_mean, h_std = acc[site].mean_std()
                 c_mean, c_std = cond_acc.mean_std() if cfg.conditioning else (None, None)
                 module.set_statistics(h_mean, h_std, c_mean, c_std)
             summary[f"calib_h_std_{name}"] = float(acc["final"].mean_std()[1].mean())
+        for site in sites:
+            module = self.shared_module(site)
+            if module is not None:
+                c_stats = pooled_cond.mean_std() if cfg.conditioning else (None, None)
+                module.set_statistics(*pooled[site].mean_std(), *c_stats)
         return summary
 
     def step_plan(self, step: int) -> dict[str, float | int | str]:
@@ -302,16 +334,25 @@ class LoraDiffusionModel(AdaptedModel):
             # that depends on the data makes ZeRO-2's bucketed reduction add up mismatched
             # gradients (or fail, when the sizes differ).
             training = torch.is_grad_enabled() and self.training
+            shared = phases["shared"] if "shared" in phases else None
             if not training and bool((ctx.phase == ctx.phase[0]).all()):
                 module = phases[self.config.phase_names[int(ctx.phase[0])]]
-                return module(hidden, ctx.temb, ctx.cond, ctx.steps)
+                delta = module(hidden, ctx.temb, ctx.cond, ctx.steps)
+                if shared is not None:
+                    delta = delta + shared(hidden, ctx.temb, ctx.cond, ctx.steps)
+                return delta
             delta = torch.zeros_like(hidden)
             for index, name in enumerate(self.config.phase_names):
                 rows = (ctx.phase == index).nonzero(as_tuple=True)[0]
                 if rows.numel() == 0 and not training:
                     continue
                 cond = None if ctx.cond is None else ctx.cond[rows]
-                part = phases[name](hidden[rows], ctx.temb[rows], cond, ctx.steps[rows])
+                args = (hidden[rows], ctx.temb[rows], cond, ctx.steps[rows])
+                part = phases[name](*args)
+                if shared is not None:
+                    # on the same rows as the phase's modules, so a row's value does not depend
+                    # on which rows share its batch (bit for bit)
+                    part = part + shared(*args)
                 delta = delta.index_copy(0, rows, part)
             return delta
 
@@ -467,6 +508,9 @@ class LoraDiffusionModel(AdaptedModel):
                 v for site in self.sites.values() for v in site[name].perturbation_effective_ranks()
             ]
             out[name] = float(sum(values) / len(values))
+        if self.config.shared_rank:
+            values = [v for site in self.sites for v in self.shared_module(site).perturbation_effective_ranks()]
+            out["shared"] = float(sum(values) / len(values))
         return out
 
     def remove_hooks(self) -> None:
