@@ -2,6 +2,7 @@
 
 ``H' = H + sum_i sigma(t) g_i(H, t, c)``, logits = head(H'), with the phase of step t choosing the
 modules, rank and sigma (see :mod:`ldp.methods.lora_diffusion.layer` for g_i and the FiLM formula).
+With ``shared_rank`` one more module of that rank is added at every step, whatever its phase.
 
 Injection sites: ``final`` (always) and, with ``inject_layers``, the residual stream after each
 chosen block (a forward hook on ``base.blocks()[i]``), each site with its own phase modules.
@@ -135,39 +136,29 @@ class LoraDiffusionModel(AdaptedModel):
             torch.tensor([0] + [config.phase_of(s) for s in range(1, config.num_steps + 1)]),
             persistent=False,
         )
+
+        def module(rank: int, scale: float, modules: int, slots: int, first_step: int, offset: bool):
+            return PhaseAdapter(
+                hidden_size=base.hidden_size, time_embed_dim=config.time_embed_dim, rank=rank,
+                scale=scale, modules=modules, slots=slots, first_step=first_step,
+                conditioning=config.conditioning, offset=offset,
+                context_dim=base.hidden_size * (len(self.context_blocks) + 1), device=device,
+            )
+
         self.sites = nn.ModuleDict()
         for site in ["final", *(_site_name(i) for i in self.inject_layers)]:
             phases = nn.ModuleDict()
             for index, name in enumerate(config.phase_names):
                 lo, hi = ranges[index]
-                phases[name] = PhaseAdapter(
-                    hidden_size=base.hidden_size,
-                    time_embed_dim=config.time_embed_dim,
-                    rank=config.ranks[index],
-                    scale=config.scales[index],
-                    modules=config.modules_per_phase,
-                    slots=(hi - lo + 1) if config.share == "step" else 1,
-                    first_step=lo,
-                    conditioning=config.conditioning,
-                    offset=config.offset,
-                    context_dim=base.hidden_size * (len(self.context_blocks) + 1),
-                    device=device,
+                slots = (hi - lo + 1) if config.share == "step" else 1
+                phases[name] = module(
+                    config.ranks[index], config.scales[index], config.modules_per_phase, slots, lo,
+                    config.offset,
                 )
             if config.shared_rank:
-                # One module every step uses, beside its phase's (keyed "shared" in the site).
-                phases["shared"] = PhaseAdapter(
-                    hidden_size=base.hidden_size,
-                    time_embed_dim=config.time_embed_dim,
-                    rank=config.shared_rank,
-                    scale=config.shared_scale,
-                    modules=1,
-                    slots=1,
-                    first_step=1,
-                    conditioning=config.conditioning,
-                    offset=False,
-                    context_dim=base.hidden_size * (len(self.context_blocks) + 1),
-                    device=device,
-                )
+                # One module that every step uses beside its phase's (keyed "shared" in the site;
+                # the config refuses a phase of that name).
+                phases["shared"] = module(config.shared_rank, config.shared_scale, 1, 1, 1, False)
             self.sites[site] = phases
         self._context: _StepContext | None = None
         self._hooks = [
@@ -334,25 +325,24 @@ class LoraDiffusionModel(AdaptedModel):
             # that depends on the data makes ZeRO-2's bucketed reduction add up mismatched
             # gradients (or fail, when the sizes differ).
             training = torch.is_grad_enabled() and self.training
-            shared = phases["shared"] if "shared" in phases else None
+            shared = self.shared_module(site)
+
+            def phase_delta(name: str, *args: torch.Tensor | None) -> torch.Tensor:
+                delta = phases[name](*args)
+                return delta if shared is None else delta + shared(*args)
+
             if not training and bool((ctx.phase == ctx.phase[0]).all()):
-                module = phases[self.config.phase_names[int(ctx.phase[0])]]
-                delta = module(hidden, ctx.temb, ctx.cond, ctx.steps)
-                if shared is not None:
-                    delta = delta + shared(hidden, ctx.temb, ctx.cond, ctx.steps)
-                return delta
+                name = self.config.phase_names[int(ctx.phase[0])]
+                return phase_delta(name, hidden, ctx.temb, ctx.cond, ctx.steps)
             delta = torch.zeros_like(hidden)
             for index, name in enumerate(self.config.phase_names):
                 rows = (ctx.phase == index).nonzero(as_tuple=True)[0]
                 if rows.numel() == 0 and not training:
                     continue
                 cond = None if ctx.cond is None else ctx.cond[rows]
-                args = (hidden[rows], ctx.temb[rows], cond, ctx.steps[rows])
-                part = phases[name](*args)
-                if shared is not None:
-                    # on the same rows as the phase's modules, so a row's value does not depend
-                    # on which rows share its batch (bit for bit)
-                    part = part + shared(*args)
+                # The shared module runs on the phase's rows too, so a row's value does not
+                # depend on which rows share its batch (bit for bit).
+                part = phase_delta(name, hidden[rows], ctx.temb[rows], cond, ctx.steps[rows])
                 delta = delta.index_copy(0, rows, part)
             return delta
 
@@ -501,7 +491,8 @@ class LoraDiffusionModel(AdaptedModel):
 
     def effective_rank(self) -> dict[str, float]:
         """Per phase: mean entropy effective rank (Eq. 28) of W_A_i W_B_i over the phase's modules
-        (all sites, step slots and i). 0.0 while W_A is still zero."""
+        (all sites, step slots and i); ``shared`` for the shared module, when there is one.
+        0.0 while W_A is still zero."""
         out = {}
         for name in self.config.phase_names:
             values = [
@@ -509,7 +500,9 @@ class LoraDiffusionModel(AdaptedModel):
             ]
             out[name] = float(sum(values) / len(values))
         if self.config.shared_rank:
-            values = [v for site in self.sites for v in self.shared_module(site).perturbation_effective_ranks()]
+            values = [
+                v for site in self.sites for v in self.shared_module(site).perturbation_effective_ranks()
+            ]
             out["shared"] = float(sum(values) / len(values))
         return out
 
