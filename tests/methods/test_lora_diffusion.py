@@ -78,7 +78,7 @@ def test_only_adapter_trains_and_base_is_bit_identical(tiny, batch):
 
 def test_phase_rank_and_scale_per_step_at_the_boundaries(tiny):
     T = 30  # early t > 20, middle 11..20, late t <= 10
-    model = attach(tiny, num_steps=T, ranks=[6, 4, 2], scales=[1.0, 0.5, 0.25])
+    model = attach(tiny, num_steps=T, ranks=[6, 4, 2], scales=[1.0, 0.5, 0.25], share="phase")
     want = {30: "early", 21: "early", 20: "middle", 11: "middle", 10: "late", 1: "late"}
     ranks = {"early": 6, "middle": 4, "late": 2}
     scales = {"early": 1.0, "middle": 0.5, "late": 0.25}
@@ -166,7 +166,7 @@ def test_share_step_gives_each_step_its_own_modules(tiny):
         base = tiny(ids, torch.tensor([step / 30]))
         changed = not torch.equal(model(ids, steps=torch.tensor([step])), base)
         assert changed == (step == 25)
-    phase_model = attach(make_tiny(), num_steps=30)
+    phase_model = attach(make_tiny(), num_steps=30, share="phase")
     assert model.parameter_counts()["trainable"] == 10 * phase_model.parameter_counts()["trainable"]
 
 
@@ -268,7 +268,7 @@ def test_effective_rank_of_known_matrices():
 
 
 def test_effective_rank_per_phase_matches_svd_of_the_product(tiny):
-    model = attach(tiny, num_steps=30)
+    model = attach(tiny, num_steps=30, share="phase")
     assert model.effective_rank() == {"early": 0.0, "middle": 0.0, "late": 0.0}
     randomise(model)
     with torch.no_grad():  # make "late" exactly rank 1 in each module
@@ -336,6 +336,8 @@ def test_step_resolution_and_errors(tiny):
         ({"share": "layer"}, "share"),
         ({"phase_names": ["a", "b.c", "d"]}, "identifier"),
         ({"rank": 3}, "unknown config key"),
+        ({"share": "nested", "phase_names": ["nested", "b", "c"]}, "named 'nested'"),
+        ({"shared_rank": -1}, "shared_rank"),
     ],
 )
 def test_bad_configs_are_refused(data, message):
@@ -485,3 +487,50 @@ def test_shared_module_is_calibrated_saved_and_regularised(tmp_path, batch):
     shared_only = model.regularization()["rank"] - attach(make_tiny(), num_steps=30).regularization()["rank"]
     assert float(shared_only.detach()) != 0.0  # its nuclear norms are part of Eq. 17's term
     assert "shared" in model.effective_rank()
+
+
+def test_nested_share_gives_each_phase_its_rank_and_scale_from_one_module(tiny, batch):
+    """``share: nested``: one module of rank max(ranks); a row of phase p is the written formula
+    over the first ranks[p] units only, scaled by scales[p]."""
+    ids, _, inst = batch
+    model = attach(tiny, num_steps=30, share="nested", context="final")
+    module = model.phase_modules()["early"]
+    assert all(m is module for m in model.phase_modules().values()) and module.rank == 8
+    assert model.parameter_counts()["trainable"] == sum(p.numel() for p in module.adapter_params())
+    steps = torch.tensor([30, 30])
+    assert torch.equal(model(ids, steps=steps, instruction_mask=inst), tiny(ids, steps / 30))  # identity
+    randomise(model)
+    for step, r, sigma in ((27, 8, 1.0), (14, 4, 0.5), (3, 2, 0.25)):  # early, middle, late
+        steps = torch.tensor([step, 28])  # row 1 sits in another phase: rows do not mix
+        got = model.hidden_states(ids, steps=steps, instruction_mask=inst)[0]
+        H = tiny.hidden_states(ids, steps / 30)[0]
+        enc = H[inst[0]].mean(0)
+        x = torch.cat([H, sinusoidal_step_embedding(steps[:1], 16).expand(12, -1)], -1)
+        ref = H + sigma * module.bias[0]
+        for i in range(2):
+            u = torch.relu(x @ module.lora_B[0, i, :r].T)
+            gamma = module.film_weight[0, i, :r] @ enc + module.film_bias[0, i, :r]
+            ref = ref + sigma * (u * (1 + gamma)) @ module.lora_A[0, i, :, :r].T
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_nested_share_trains_only_the_units_a_phase_uses(tiny, batch):
+    from ldp.diffusion import DiffusionConfig
+
+    ids, _, inst = batch
+    model = attach(tiny, num_steps=30, share="nested").train()
+    model.calibrate([{"input_ids": ids, "response_mask": ~inst, "instruction_mask": inst}],
+                    DiffusionConfig(num_steps=30))
+    assert model.phase_modules()["late"].h_shift.abs().sum() > 0  # pooled over the phases
+    randomise(model)
+    model.hidden_states(ids, steps=torch.tensor([2, 5]), instruction_mask=inst).pow(2).sum().backward()
+    grad = model.phase_modules()["late"].lora_B.grad[0]  # (k, r, d + d_t); late uses 2 units
+    assert grad[:, :2].abs().sum() > 0 and torch.equal(grad[:, 2:], torch.zeros_like(grad[:, 2:]))
+    ranks = model.effective_rank()
+    module = model.phase_modules()["middle"]
+    ref = [
+        effective_rank_of(module.lora_A[0, i, :, :4].double() @ module.lora_B[0, i, :4].double())
+        for i in range(2)
+    ]
+    assert ranks["middle"] == pytest.approx(sum(ref) / 2, rel=1e-6)
+    assert ranks["late"] <= 2.0 < ranks["early"]

@@ -42,7 +42,7 @@ def test_default_configs_follow_the_design():
         [64, 32, 8],
         [1.0, 0.5, 0.25],
         2,
-        "phase",
+        "nested",
     )
     assert (ld.lambda_rank, ld.lambda_orth, ld.num_steps, ld.inject_layers) == (
         0.001,
@@ -144,9 +144,11 @@ def test_default_trajectory_adapter_is_under_one_percent_of_1_3b():
     counts = model.parameter_counts()
     assert counts["total"] == count_parameters("1.3b")["total"] + counts["trainable"]
     assert counts["percent"] < 1.0
-    # d = 2048, d_t = 128, k = 2 modules per phase of rank r: W_B r x (d + d_t), W_A d x r,
-    # FiLM r x d_c + r with d_c = n_blocks x d (Enc(c) reads every block); each phase's offset b (d)
+    # d = 2048, d_t = 128; share: nested, so k = 2 modules of rank max(ranks) = 64 serve every
+    # phase: W_B r x (d + d_t), W_A d x r, FiLM r x d_c + r with d_c = n_blocks x d (Enc(c) reads
+    # every block); one offset b (d)
     d_c = len(base.blocks()) * 2048
-    expected = sum(2 * (r * (2048 + 128) + 2048 * r + r * d_c + r) + 2048 for r in (64, 32, 8))
+    r = 64
+    expected = 2 * (r * (2048 + 128) + 2048 * r + r * d_c + r) + 2048
     assert counts["trainable"] == expected
     assert all(p.device.type == "meta" for p in model.trainable_parameters())

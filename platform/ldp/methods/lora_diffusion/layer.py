@@ -35,6 +35,11 @@ low-rank path does not have to. Until statistics are set, ``mu = 0`` and ``s = 1
 With ``share: step`` every step of the phase owns its k modules: each parameter carries a
 leading slot axis of length ``steps in phase`` (``1`` with ``share: phase``) and rows gather
 their slot's weights.
+
+With ``share: nested`` one module of rank ``max(ranks)`` serves every phase: a row of phase p
+keeps only the first ``ranks[p]`` bottleneck units (``units``) and is scaled by ``scales[p]``
+(``scale``, per row), so the phases' ranks and scales are those of separate modules while
+every row trains the units its phase uses.
 """
 
 from __future__ import annotations
@@ -244,8 +249,14 @@ class PhaseAdapter(nn.Module):
         temb: torch.Tensor,
         cond: torch.Tensor | None,
         steps: torch.Tensor,
+        *,
+        units: torch.Tensor | None = None,
+        scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """delta = sigma * sum_i g_i: hidden (N, L, d) fp32, temb (N, d_t), cond (N, d_c), steps (N,)."""
+        """delta = sigma * sum_i g_i: hidden (N, L, d) fp32, temb (N, d_t), cond (N, d_c), steps (N,).
+
+        ``units`` (N,): keep only each row's first ``units`` bottleneck units (the rest count as
+        zero); ``scale`` (N,): each row's sigma instead of the module's (``share: nested``)."""
         d = self.hidden_size
         slot = (steps - self.first_step).clamp(0, self.slots - 1)
         hidden = (hidden - self.h_shift) * self.h_scale
@@ -253,6 +264,9 @@ class PhaseAdapter(nn.Module):
         u = torch.einsum(f"nld,{n}krd->nklr", hidden, w_b[..., :d])  # (N, k, L, r)
         u = u + torch.einsum(f"nt,{n}krt->nkr", temb, w_b[..., d:])[:, :, None, :]
         u = torch.relu(u)
+        if units is not None:
+            keep = torch.arange(self.rank, device=u.device) < units[:, None]  # (N, r)
+            u = u * keep[:, None, None, :].to(u.dtype)
         if self.conditioning and cond is not None:
             w_c, _ = self._weights(self.film_weight, slot)  # ([N,] k, r, d_c)
             b_c, _ = self._weights(self.film_bias, slot)  # ([N,] k, r)
@@ -264,6 +278,8 @@ class PhaseAdapter(nn.Module):
         if self.offset:
             bias, _ = self._weights(self.bias, slot)  # ([N,] d)
             delta = delta + (bias[:, None, :] if n else bias)
+        if scale is not None:
+            return scale[:, None, None].to(delta.dtype) * delta
         return self.scale * delta
 
     # -- per-module views for the regularisers and diagnostics
@@ -281,14 +297,16 @@ class PhaseAdapter(nn.Module):
         upper = torch.triu(torch.ones(k, k, dtype=torch.bool, device=sq.device), diagonal=1)
         return sq[:, upper].sum()
 
-    def perturbation_effective_ranks(self) -> list[float]:
-        """Effective rank of W_A W_B (d x (d + d_t)) for each module (slots x k).
+    def perturbation_effective_ranks(self, units: int | None = None) -> list[float]:
+        """Effective rank of W_A W_B (d x (d + d_t)) for each module (slots x k); with ``units``,
+        of the product of their first ``units`` bottleneck units only (``share: nested``).
 
         Computed from the r x r core: with W_A = Q_a R_a and W_B^T = Q_b R_b (thin QR),
         W_A W_B = Q_a (R_a R_b^T) Q_b^T has the singular values of R_a R_b^T.
         """
-        a = self.lora_A.detach().double().flatten(0, 1)  # (M, d, r)
-        b = self.lora_B.detach().double().flatten(0, 1)  # (M, r, d + d_t)
+        r = self.rank if units is None else units
+        a = self.lora_A.detach().double().flatten(0, 1)[..., :r]  # (M, d, r)
+        b = self.lora_B.detach().double().flatten(0, 1)[:, :r]  # (M, r, d + d_t)
         _, r_a = torch.linalg.qr(a)
         _, r_b = torch.linalg.qr(b.transpose(-1, -2))
         core = r_a @ r_b.transpose(-1, -2)  # (M, r, r)

@@ -136,6 +136,8 @@ class LoraDiffusionModel(AdaptedModel):
             torch.tensor([0] + [config.phase_of(s) for s in range(1, config.num_steps + 1)]),
             persistent=False,
         )
+        self.register_buffer("_units_of_phase", torch.tensor(config.ranks), persistent=False)
+        self.register_buffer("_scale_of_phase", torch.tensor(config.scales), persistent=False)
 
         def module(rank: int, scale: float, modules: int, slots: int, first_step: int, offset: bool):
             return PhaseAdapter(
@@ -148,13 +150,19 @@ class LoraDiffusionModel(AdaptedModel):
         self.sites = nn.ModuleDict()
         for site in ["final", *(_site_name(i) for i in self.inject_layers)]:
             phases = nn.ModuleDict()
-            for index, name in enumerate(config.phase_names):
-                lo, hi = ranges[index]
-                slots = (hi - lo + 1) if config.share == "step" else 1
-                phases[name] = module(
-                    config.ranks[index], config.scales[index], config.modules_per_phase, slots, lo,
-                    config.offset,
+            if config.share == "nested":
+                # One module for every phase; rows choose their units and sigma (see _perturb).
+                phases["nested"] = module(
+                    max(config.ranks), 1.0, config.modules_per_phase, 1, 1, config.offset
                 )
+            else:
+                for index, name in enumerate(config.phase_names):
+                    lo, hi = ranges[index]
+                    slots = (hi - lo + 1) if config.share == "step" else 1
+                    phases[name] = module(
+                        config.ranks[index], config.scales[index], config.modules_per_phase, slots,
+                        lo, config.offset,
+                    )
             if config.shared_rank:
                 # One module that every step uses beside its phase's (keyed "shared" in the site;
                 # the config refuses a phase of that name).
@@ -175,8 +183,12 @@ class LoraDiffusionModel(AdaptedModel):
 
     # -- the adapter
     def phase_modules(self, site: str = "final") -> dict[str, PhaseAdapter]:
-        """The phase adapters of one site, by phase name (without the shared module)."""
-        return {name: self.sites[site][name] for name in self.config.phase_names}
+        """The module serving each phase of one site, by phase name (without the shared module;
+        with ``share: nested`` the same module for every phase)."""
+        phases = self.sites[site]
+        if self.config.share == "nested":
+            return dict.fromkeys(self.config.phase_names, phases["nested"])
+        return {name: phases[name] for name in self.config.phase_names}
 
     def shared_module(self, site: str = "final") -> PhaseAdapter | None:
         """The module every step of one site uses beside its phase's (None without
@@ -230,7 +242,8 @@ class LoraDiffusionModel(AdaptedModel):
         ranges = cfg.step_ranges()
         batches = list(batches)
         summary = {}
-        # The shared module sees every step: its statistics pool every phase's passes.
+        # The shared and the nested module see every step: their statistics pool every phase's
+        # passes.
         pooled = {site: _Moments() for site in sites}
         pooled_cond = _Moments()
         for index, name in enumerate(cfg.phase_names):
@@ -264,14 +277,16 @@ class LoraDiffusionModel(AdaptedModel):
                     cond_acc.add(encoding)
                     pooled_cond.add(encoding)
             for site in sites:
-                module = self.sites[site][name]
-                h_mean, h_std = acc[site].mean_std()
-                c_mean, c_std = cond_acc.mean_std() if cfg.conditioning else (None, None)
-                module.set_statistics(h_mean, h_std, c_mean, c_std)
+                if cfg.share == "nested":
+                    break
+                c_stats = cond_acc.mean_std() if cfg.conditioning else (None, None)
+                self.sites[site][name].set_statistics(*acc[site].mean_std(), *c_stats)
             summary[f"calib_h_std_{name}"] = float(acc["final"].mean_std()[1].mean())
         for site in sites:
-            module = self.shared_module(site)
-            if module is not None:
+            pooled_modules = [self.shared_module(site)]
+            if cfg.share == "nested":
+                pooled_modules.append(self.sites[site]["nested"])
+            for module in filter(None, pooled_modules):
                 c_stats = pooled_cond.mean_std() if cfg.conditioning else (None, None)
                 module.set_statistics(*pooled[site].mean_std(), *c_stats)
         return summary
@@ -331,6 +346,13 @@ class LoraDiffusionModel(AdaptedModel):
                 delta = phases[name](*args)
                 return delta if shared is None else delta + shared(*args)
 
+            if self.config.share == "nested":
+                # one module, whatever the mix of phases: the graph never depends on the data
+                units, scale = self._units_of_phase[ctx.phase], self._scale_of_phase[ctx.phase]
+                delta = phases["nested"](
+                    hidden, ctx.temb, ctx.cond, ctx.steps, units=units, scale=scale
+                )
+                return delta if shared is None else delta + shared(hidden, ctx.temb, ctx.cond, ctx.steps)
             if not training and bool((ctx.phase == ctx.phase[0]).all()):
                 name = self.config.phase_names[int(ctx.phase[0])]
                 return phase_delta(name, hidden, ctx.temb, ctx.cond, ctx.steps)
@@ -494,9 +516,12 @@ class LoraDiffusionModel(AdaptedModel):
         (all sites, step slots and i); ``shared`` for the shared module, when there is one.
         0.0 while W_A is still zero."""
         out = {}
-        for name in self.config.phase_names:
+        nested = self.config.share == "nested"
+        for index, name in enumerate(self.config.phase_names):
+            units = self.config.ranks[index] if nested else None
             values = [
-                v for site in self.sites.values() for v in site[name].perturbation_effective_ranks()
+                v for site in self.sites
+                for v in self.phase_modules(site)[name].perturbation_effective_ranks(units)
             ]
             out[name] = float(sum(values) / len(values))
         if self.config.shared_rank:
