@@ -500,7 +500,8 @@ class LoraDiffusionModel(AdaptedModel):
 
         ``rank`` = lambda_rank * sum over every module (site, phase, step slot, i) of
         ``||W_A||_* + ||W_B||_*``; ``orth`` = lambda_orth * sum over pairs i < j of modules that
-        act together (same site, phase and step slot) of ``||W_A_i^T W_A_j||_F^2``.
+        act together (the k modules of one set: same site, phase or nested set, and step slot)
+        of ``||W_A_i^T W_A_j||_F^2``.
         """
         modules = [m for site in self.sites.values() for m in site.values()]
         zero = modules[0].lora_A.new_zeros(())
