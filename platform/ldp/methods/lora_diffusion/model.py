@@ -276,11 +276,10 @@ class LoraDiffusionModel(AdaptedModel):
                     )
                     cond_acc.add(encoding)
                     pooled_cond.add(encoding)
-            for site in sites:
-                if cfg.share == "nested":
-                    break
-                c_stats = cond_acc.mean_std() if cfg.conditioning else (None, None)
-                self.sites[site][name].set_statistics(*acc[site].mean_std(), *c_stats)
+            if cfg.share != "nested":
+                for site in sites:
+                    c_stats = cond_acc.mean_std() if cfg.conditioning else (None, None)
+                    self.sites[site][name].set_statistics(*acc[site].mean_std(), *c_stats)
             summary[f"calib_h_std_{name}"] = float(acc["final"].mean_std()[1].mean())
         for site in sites:
             pooled_modules = [self.shared_module(site)]
