@@ -205,8 +205,6 @@ def start_head(
     """Start a local head (``ray start --head --block`` in the background) and wait until its
     GCS and dashboard answer. Raises :class:`LdpError` if one is already running, a port is
     taken, or Ray fails to start (with the end of its log)."""
-    import psutil
-
     auth = (auth or os.environ.get("RAY_AUTH_MODE") or "token").lower()
     if auth not in _AUTH_MODES:
         raise UsageError(f"unknown auth mode {auth!r}; choose token or disabled")
@@ -267,6 +265,25 @@ def start_head(
         f"--temp-dir={temp_dir}",
         "--disable-usage-stats",
     ]
+    # `ray start` can give up on a busy machine ("The current node timed out during startup",
+    # seen on 2 loaded cores): one more try before reporting it.
+    for attempt in (1, 2):
+        try:
+            return _launch_head(cmd, env, log_path, port, dashboard_port, client_port, cpus, auth,
+                                temp_dir, timeout)
+        except LdpError as exc:
+            if attempt == 2 or "timed out during startup" not in str(exc):
+                raise
+    raise AssertionError("unreachable")
+
+
+def _launch_head(
+    cmd: list[str], env: dict[str, str], log_path: Path, port: int, dashboard_port: int,
+    client_port: int, cpus: int, auth: str, temp_dir: Path, timeout: float,
+) -> HeadInfo:
+    """Run ``ray start`` once, record it in the state file and wait until it answers."""
+    import psutil
+
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             cmd,
@@ -295,6 +312,7 @@ def start_head(
     while time.monotonic() < deadline:
         code = proc.poll()
         if code is not None:
+            _stop(head)  # what it started before giving up (a GCS may still hold the port)
             state_path().unlink(missing_ok=True)
             raise LdpError(f"ray start exited with code {code}: {_tail(log_path)}")
         text = log_path.read_text(errors="replace")
