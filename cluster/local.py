@@ -265,16 +265,15 @@ def start_head(
         f"--temp-dir={temp_dir}",
         "--disable-usage-stats",
     ]
-    # `ray start` can give up on a busy machine ("The current node timed out during startup",
-    # seen on 2 loaded cores): one more try before reporting it.
-    for attempt in (1, 2):
-        try:
-            return _launch_head(cmd, env, log_path, port, dashboard_port, client_port, cpus, auth,
-                                temp_dir, timeout)
-        except LdpError as exc:
-            if attempt == 2 or "timed out during startup" not in str(exc):
-                raise
-    raise AssertionError("unreachable")
+    args = (cmd, env, log_path, port, dashboard_port, client_port, cpus, auth, temp_dir, timeout)
+    try:
+        return _launch_head(*args)
+    except LdpError as exc:
+        # `ray start` can give up on a busy machine ("The current node timed out during
+        # startup", seen on 2 loaded cores): one more try before reporting it.
+        if "timed out during startup" not in str(exc):
+            raise
+    return _launch_head(*args)
 
 
 def _launch_head(

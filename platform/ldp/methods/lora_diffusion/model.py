@@ -333,25 +333,25 @@ class LoraDiffusionModel(AdaptedModel):
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             hidden = hidden.float()
             phases = self.sites[site]
+            shared = self.shared_module(site)
+
+            def phase_delta(name: str, *args: torch.Tensor | None, **rows_choose) -> torch.Tensor:
+                delta = phases[name](*args, **rows_choose)
+                return delta if shared is None else delta + shared(*args)
+
+            if self.config.share == "nested":
+                # One module for every row, whatever the mix of phases: each row keeps its
+                # phase's units and sigma, and the graph never depends on the data.
+                return phase_delta(
+                    "nested", hidden, ctx.temb, ctx.cond, ctx.steps,
+                    units=self._units_of_phase[ctx.phase], scale=self._scale_of_phase[ctx.phase],
+                )
             # In training every phase module runs, on an empty row set if no row of the batch is
             # in its phase: then every adapter parameter gets a gradient (zeros) in the same
             # order on every data-parallel rank, whatever mix of steps each rank drew. A graph
             # that depends on the data makes ZeRO-2's bucketed reduction add up mismatched
             # gradients (or fail, when the sizes differ).
             training = torch.is_grad_enabled() and self.training
-            shared = self.shared_module(site)
-
-            def phase_delta(name: str, *args: torch.Tensor | None) -> torch.Tensor:
-                delta = phases[name](*args)
-                return delta if shared is None else delta + shared(*args)
-
-            if self.config.share == "nested":
-                # one module, whatever the mix of phases: the graph never depends on the data
-                units, scale = self._units_of_phase[ctx.phase], self._scale_of_phase[ctx.phase]
-                delta = phases["nested"](
-                    hidden, ctx.temb, ctx.cond, ctx.steps, units=units, scale=scale
-                )
-                return delta if shared is None else delta + shared(hidden, ctx.temb, ctx.cond, ctx.steps)
             if not training and bool((ctx.phase == ctx.phase[0]).all()):
                 name = self.config.phase_names[int(ctx.phase[0])]
                 return phase_delta(name, hidden, ctx.temb, ctx.cond, ctx.steps)
