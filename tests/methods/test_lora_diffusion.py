@@ -244,6 +244,27 @@ def test_a_regulariser_weighted_zero_is_not_computed(tiny, monkeypatch):
     assert float(reg["rank"]) == 0.0 and float(reg["orth"]) == 0.0
 
 
+def test_regularisers_run_on_one_thread_and_restore_the_thread_count(tiny, monkeypatch):
+    from ldp.methods.lora_diffusion import layer
+
+    model = attach(tiny, num_steps=6, modules_per_phase=2, lambda_rank=0.02, lambda_orth=0.5)
+    randomise(model)
+    seen = []
+    eigh = torch.linalg.eigh
+    monkeypatch.setattr(torch.linalg, "eigh", lambda g: (seen.append(torch.get_num_threads()), eigh(g))[1])
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model.regularization()
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError, match="boom"), layer.one_thread():
+            raise RuntimeError("boom")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_regularisers_are_finite_and_differentiable_at_init(tiny):
     model = attach(tiny, num_steps=30)
     reg = model.regularization()

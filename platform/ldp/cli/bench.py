@@ -61,11 +61,13 @@ def bench(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"ldp bench: {base or size}, batch {batch} x {seq}")
+    table = Table(title=f"ldp bench: {base or size}, batch {batch} x {seq}, base in {out['base_dtype']}")
     for col in ("method", "step (ms)", "x frozen fwd", "peak (MB)", "gen (ms)", "trainable", "%", "adapter (KB)"):
         table.add_column(col, justify="right" if col != "method" else "left")
     frozen = out["frozen_forward_s"]
     table.add_row("frozen forward", f"{frozen * 1e3:.1f}", "1.00", "-", "-", "0", "0", "-")
+    hidden = out["frozen_hidden_s"]
+    table.add_row("  base states only", f"{hidden * 1e3:.1f}", f"{hidden / frozen:.2f}", "-", "-", "0", "0", "-")
     for name, m in out["methods"].items():
         table.add_row(
             name, f"{m['step_s'] * 1e3:.1f}", f"{m['step_s'] / frozen:.2f}",

@@ -45,12 +45,15 @@ every row trains the units its phase uses.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 __all__ = [
     "PhaseAdapter",
+    "one_thread",
     "context_encoding",
     "effective_rank_of",
     "instruction_encoding",
@@ -128,6 +131,25 @@ def context_encoding(
     )
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the enclosed CPU linear algebra on one thread, then restore the thread count.
+
+    LAPACK's eigensolver splits even an r x r problem over every intra-op thread; at these sizes
+    the threads only wait for each other, and when another process holds a core the waiting is
+    disastrous (measured on a 2-core machine under load: 156 ms per 64 x 64 ``eigh`` on two
+    threads, 0.8 ms on one; the nuclear norms went from 14% of a training step to noise)."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def nuclear_norm(weight: torch.Tensor) -> torch.Tensor:
     """Nuclear norm of each matrix in ``weight`` (..., m, n) -> (...), with a safe gradient.
 
@@ -142,7 +164,7 @@ def nuclear_norm(weight: torch.Tensor) -> torch.Tensor:
     ``G = V diag(s^2) V^T``, ``P = W V diag(1/s) V^T`` (and ``<W, P> = sum s``) -- the same
     quantity, several times cheaper per training step.
     """
-    with torch.no_grad():
+    with torch.no_grad(), one_thread():
         w = weight.detach().double()
         tall = w.shape[-2] >= w.shape[-1]
         gram = w.transpose(-1, -2) @ w if tall else w @ w.transpose(-1, -2)  # (..., r, r)
