@@ -49,7 +49,8 @@ def _run_two_ranks(tmp_path, strategies, config, worker: str = "ds_resume_worker
                     cwd=tmp_path,
                 )
             )
-        outs = [p.communicate(timeout=240)[0] for p in procs]
+        # Generous: three DeepSpeed engines come up in turn, slowly on a loaded 2-core machine.
+        outs = [p.communicate(timeout=480)[0] for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:

@@ -119,7 +119,6 @@ class PrefixModel(AdaptedModel):
 
         return prefix
 
-
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [self.prefix_keys, self.prefix_values]
 
