@@ -163,3 +163,28 @@ def test_training_loss_is_deterministic_per_generator(toy):
 def test_training_loss_refuses_incomplete_batch(toy):
     with pytest.raises(UsageError, match="response_mask"):
         training_loss(toy, {"input_ids": make_batch()["input_ids"]}, DiffusionConfig())
+
+
+def test_stats_split_the_nll_into_answer_and_eos_padding(toy):
+    # An oracle that is sure of the EOS padding and uniform on the answer's own tokens: the
+    # mean NLL looks small, the answer's is log V.
+    from ldp.diffusion.loss import split_nll
+
+    from .conftest import EOS
+
+    x0 = torch.tensor([[5, 6, 7, EOS, EOS, EOS], [8, 9, EOS, EOS, EOS, EOS]])
+    scored = torch.tensor([[0, 1, 1, 1, 1, 0], [1, 0, 1, 1, 1, 1]], dtype=torch.bool)
+    nll = torch.where(x0 == EOS, 0.0, math.log(VOCAB)) * scored
+    stats = split_nll(nll, x0, scored, EOS)
+    assert stats == {"nll_answer": pytest.approx(math.log(VOCAB)), "nll_eos": 0.0, "answer_tokens": 3.0}
+
+    batch = make_batch(B=8)
+    batch["input_ids"][:, -4:] = EOS  # answers of 3 tokens padded with 4 EOS
+    cfg = DiffusionConfig(loss_weighting="none")
+    _, stats = training_loss(toy, batch, cfg, generator=gen())
+    assert 0 < stats["answer_tokens"] < stats["corrupted"]
+    assert stats["nll_answer"] != pytest.approx(stats["nll_eos"])
+    n_answer = stats["answer_tokens"]
+    n_eos = stats["corrupted"] - n_answer
+    mixed = (stats["nll_answer"] * n_answer + stats["nll_eos"] * n_eos) / stats["corrupted"]
+    assert mixed == pytest.approx(stats["nll"], rel=1e-5)

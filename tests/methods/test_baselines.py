@@ -132,3 +132,58 @@ def test_prefix_token_init_copies_the_bases_own_key_value_projections(make):
     v_lin = base.blocks()[1].get_submodule(parts.v)
     torch.testing.assert_close(model.prefix_keys[1], k_lin(grabbed["x"])[0])
     torch.testing.assert_close(model.prefix_values[1], v_lin(grabbed["x"])[0])
+
+
+@pytest.mark.parametrize("make", [make_native, make_bert])
+def test_gated_prefix_is_the_identity_at_init_then_trains_its_gates_first(make):
+    ids = torch.randint(4, 64, (2, 6))
+    t = torch.tensor([0.5, 0.5])
+    reference = make()(ids, t)
+    model = get_method("prefix").attach(make(), {"num_virtual_tokens": 4, "attention": "gated", "init_std": 0.5})
+    assert model.prefix_gates.shape == (2, 4) and float(model.prefix_gates.detach().abs().sum()) == 0.0
+    torch.testing.assert_close(model(ids, t), reference)  # joint prefixes change H at init
+    assert not torch.allclose(
+        get_method("prefix").attach(make(), {"num_virtual_tokens": 4, "init_std": 0.5})(ids, t), reference
+    )
+    model(ids, t).pow(2).sum().backward()
+    # tanh(0) = 0 hides the prefix from the loss, so only the gates move first
+    assert model.prefix_gates.grad.abs().sum() > 0
+    assert float(model.prefix_keys.grad.abs().sum()) == 0.0
+    assert any(p is model.prefix_gates for p in model.trainable_parameters())
+
+
+def test_gated_prefix_on_bert_matches_the_written_formula():
+    base = make_bert()
+    model = get_method("prefix").attach(base, {"num_virtual_tokens": 3, "attention": "gated", "init_std": 0.5})
+    with torch.no_grad():
+        model.prefix_gates.normal_()
+    layer = base.blocks()[0].attention.self
+    x = torch.randn(2, 5, 32)
+    mask = torch.ones(2, 1, 5, 5, dtype=torch.bool)
+    mask[1, ..., -2:] = False
+    out, _ = layer(x, attention_mask=mask)
+
+    def heads(t, n):
+        return t.reshape(-1, n, 4, 8).transpose(1, 2)
+
+    q, k, v = heads(layer.query(x), 5), heads(layer.key(x), 5), heads(layer.value(x), 5)
+    pk = heads(model.prefix_keys[0].expand(2, -1, -1), 3)
+    pv = heads(model.prefix_values[0].expand(2, -1, -1), 3)
+    own = ((q @ k.transpose(-1, -2) / 8**0.5).masked_fill(~mask, float("-inf")).softmax(-1)) @ v
+    prefix = (q @ pk.transpose(-1, -2) / 8**0.5).softmax(-1) @ pv
+    gate = torch.tanh(model.prefix_gates[0]).view(1, 4, 1, 1)
+    ref = (own + gate * prefix).transpose(1, 2).reshape(2, 5, 32)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_gated_prefix_saves_and_loads_its_gates(tmp_path):
+    from ldp.methods import load_adapter
+
+    model = get_method("prefix").attach(make_native(), {"num_virtual_tokens": 2, "attention": "gated"})
+    with torch.no_grad():
+        model.prefix_gates.normal_()
+    model.save_adapter(tmp_path, base_name="test", base_hash="h")
+    loaded = load_adapter(make_native(), tmp_path, base_hash="h")
+    torch.testing.assert_close(loaded.prefix_gates, model.prefix_gates)
+    ids = torch.randint(4, 64, (1, 6))
+    torch.testing.assert_close(loaded(ids, torch.tensor([0.3])), model(ids, torch.tensor([0.3])))

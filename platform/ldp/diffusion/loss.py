@@ -17,7 +17,8 @@ number of scored tokens, instead of (B, L, V).
 Pieces, smallest first: :func:`masked_positions_nll` (H -> per-token CE), :func:`token_nll`
 (x_t -> per-token CE through the model), :func:`reduce_loss` (normalisation),
 :func:`diffusion_loss` (weighting + normalisation + stats), :func:`training_loss` (one draw of
-t and x_t for a batch, end to end).
+t and x_t for a batch, end to end; its stats split the CE into answer and EOS padding,
+:func:`split_nll`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ __all__ = [
     "diffusion_loss",
     "masked_positions_nll",
     "reduce_loss",
+    "split_nll",
     "token_nll",
     "training_loss",
 ]
@@ -178,4 +180,26 @@ def training_loss(
     nll = token_nll(
         model, x_t, t.float() / T, x0, scored, attention_mask=attention_mask, hidden_fn=hidden_fn
     )
-    return diffusion_loss(nll, t, response, scored, config)
+    loss, stats = diffusion_loss(nll, t, response, scored, config)
+    eos = getattr(model, "eos_token_id", None)
+    if eos is not None:
+        stats.update(split_nll(nll, x0, scored, eos))
+    return loss, stats
+
+
+def split_nll(nll: torch.Tensor, x0: torch.Tensor, scored: torch.Tensor, eos_token_id: int) -> dict[str, float]:
+    """Mean CE per scored token, split into the answer's own tokens and its EOS padding.
+
+    A short answer padded to the task's length is mostly EOS, which every method learns in a few
+    steps: a low ``nll`` can hide an answer that is not learned at all (``nll_answer`` stays at
+    the label marginal's level). Returns ``nll_answer`` and ``nll_eos`` (0.0 where none is
+    scored) and ``answer_tokens``, the scored answer tokens in the batch."""
+    nll = nll.detach()
+    eos = scored & (x0 == eos_token_id)
+    answer = scored & ~eos
+    n_answer, n_eos = int(answer.sum()), int(eos.sum())
+    return {
+        "nll_answer": float(nll[answer].sum()) / max(n_answer, 1),
+        "nll_eos": float(nll[eos].sum()) / max(n_eos, 1),
+        "answer_tokens": float(n_answer),
+    }

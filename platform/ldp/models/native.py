@@ -19,9 +19,10 @@ embedding), one block, the model. Shapes are written ``(B, L, d)``: batch, lengt
 **Prefix hook for prefix tuning** (the same contract as the warm-start backbone's). Every
 :class:`SelfAttention` has an attribute ``prefix_kv`` (None by default). When set to a callable,
 attention calls ``prefix_kv(query)`` with the block's queries (B, nh, L, hd) (use their batch size,
-dtype and device) and expects ``(k_prefix, v_prefix)``, each (B, nh, P, hd); they are concatenated
-*before* the sequence's keys/values (used as given: no rotary embedding is applied to them) and
-every query may attend to them (padding masks are extended with ones). Install it with
+dtype and device) and expects ``(k_prefix, v_prefix)``, each (B, nh, P, hd), used as given (no
+rotary embedding is applied to them): they join the sequence's keys/values and every query may
+attend to them (padding masks are extended with ones). A third element ``gate`` (nh,) selects the
+gated form instead (``ldp.models.prefix_attention``). Install it with
 ``model.set_prefix_kv(block_index, fn)`` (or :meth:`SelfAttention.set_prefix_kv`), which never
 registers the callable as a submodule, so prefix weights stay out of the base's ``state_dict``;
 ``block_parts().self_attention`` names the module that carries the attribute.
@@ -43,6 +44,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ldp.errors import UsageError
 from ldp.models.denoiser import DenoiserAttributes, position_ids
+from ldp.models.prefix_attention import attend_with_prefix
 
 __all__ = [
     "MODEL_TYPE",
@@ -237,7 +239,7 @@ def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
-PrefixKV = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+PrefixKV = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
 
 
 class SelfAttention(nn.Module):
@@ -259,10 +261,11 @@ class SelfAttention(nn.Module):
     def set_prefix_kv(self, fn: PrefixKV | None) -> None:
         """Install (or with None remove) the prefix callable without registering it as a submodule.
 
-        ``fn(query)`` gets the queries (B, nh, L, hd) and returns ``(k, v)``, each (B, nh, P, hd).
+        ``fn(query)`` gets the queries (B, nh, L, hd) and returns ``(k, v)``, each (B, nh, P, hd),
+        or ``(k, v, gate)`` with ``gate`` (nh,) for the gated form.
         """
         if fn is not None and not callable(fn):
-            raise UsageError("prefix_kv must be a callable returning (k_prefix, v_prefix) or None")
+            raise UsageError("prefix_kv must be a callable returning (k_prefix, v_prefix[, gate]) or None")
         self._modules.pop("prefix_kv", None)
         object.__setattr__(self, "prefix_kv", fn)
 
@@ -281,22 +284,20 @@ class SelfAttention(nn.Module):
         v = self.v_proj(x).view(shape).transpose(1, 2)
         q = _apply_rotary(q, cos, sin)
         k = _apply_rotary(k, cos, sin)
+        dropout = self.dropout if self.training else 0.0
         if self.prefix_kv is not None:
-            k_prefix, v_prefix = self.prefix_kv(q)
+            k_prefix, v_prefix, *gate = self.prefix_kv(q)
             expected = (B, self.num_heads, k_prefix.shape[2], self.head_dim)
             if tuple(k_prefix.shape) != expected or tuple(v_prefix.shape) != expected:
                 raise UsageError(
                     f"prefix_kv returned {tuple(k_prefix.shape)} / {tuple(v_prefix.shape)}, "
                     f"expected (B, heads, P, head_dim) = {expected}"
                 )
-            k = torch.cat([k_prefix.to(k.dtype), k], dim=2)  # (B, nh, P + L, hd)
-            v = torch.cat([v_prefix.to(v.dtype), v], dim=2)
-            if attn_mask is not None:
-                ones = attn_mask.new_ones(B, 1, 1, k_prefix.shape[2])
-                attn_mask = torch.cat([ones, attn_mask], dim=-1)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, nh, L, hd)
+            y = attend_with_prefix(
+                q, k, v, k_prefix, v_prefix, gate[0] if gate else None, attn_mask, dropout_p=dropout
+            )  # (B, nh, L, hd)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
         return self.o_proj(y.transpose(1, 2).reshape(B, L, d))
 
 

@@ -22,6 +22,11 @@ class PrefixConfig:
     ``tokens``, hence the default."""
     init_std: float = 0.02
     """Std of the ``normal`` init."""
+    attention: Literal["joint", "gated"] = "joint"
+    """``joint`` (Li & Liang): the prefix keys join the sequence's keys in one softmax. ``gated``
+    (LLaMA-Adapter's zero-initialised attention): the prefix has a softmax of its own whose output
+    is added through a learned per-layer, per-head gate ``tanh(g)``, ``g`` starting at 0, so a
+    fresh prefix is exactly the identity (see ``ldp.models.prefix_attention``)."""
 
     def __post_init__(self) -> None:
         if self.num_virtual_tokens < 1:

@@ -5,7 +5,8 @@ so the warm-started backbone gets each ``BertSelfAttention`` (transformers 5.x: 
 ``key``, ``value`` Linear layers, ``forward(hidden_states, attention_mask=None, cache=None,
 **kwargs) -> (attn_output, attn_weights)``) replaced by :class:`PrefixSelfAttention`, which reuses
 the original Linear modules under the same names (so the base's ``state_dict`` keys do not change)
-and prepends the prefix keys/values before ``scaled_dot_product_attention``.
+and attends to the prefix keys/values with :func:`ldp.models.prefix_attention.attend_with_prefix`
+(joint or gated, as the native backbone does).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.nn import functional as F
+
+from ldp.models.prefix_attention import attend_with_prefix, extend_attention_mask
 
 __all__ = ["PrefixSelfAttention", "extend_attention_mask", "is_hf_self_attention"]
 
@@ -26,24 +28,11 @@ def is_hf_self_attention(module: nn.Module) -> bool:
     ) and all(hasattr(module, n) for n in ("num_attention_heads", "attention_head_size"))
 
 
-def extend_attention_mask(mask: torch.Tensor | None, prefix_len: int) -> torch.Tensor | None:
-    """Prepend ``prefix_len`` always-visible key columns to a bool (True = attend) or additive
-    float attention mask of shape (..., Lk); None stays None."""
-    if mask is None:
-        return None
-    shape = (*mask.shape[:-1], prefix_len)
-    if mask.dtype == torch.bool:
-        pad = torch.ones(shape, dtype=torch.bool, device=mask.device)
-    else:
-        pad = torch.zeros(shape, dtype=mask.dtype, device=mask.device)
-    return torch.cat([pad, mask], dim=-1)
-
-
 class PrefixSelfAttention(nn.Module):
     """Drop-in for a BERT self-attention module with P learned key/value prefixes."""
 
     def __init__(
-        self, original: nn.Module, prefix: Callable[[], tuple[torch.Tensor, torch.Tensor]]
+        self, original: nn.Module, prefix: Callable[[], tuple[torch.Tensor, ...]]
     ) -> None:
         super().__init__()
         self.query = original.query
@@ -78,21 +67,12 @@ class PrefixSelfAttention(nn.Module):
         q = heads(self.query(hidden_states))
         k = heads(self.key(hidden_states))
         v = heads(self.value(hidden_states))
-        pk, pv = self._prefix()  # (P, h * hs) each
+        pk, pv, *gate = self._prefix()  # (P, h * hs) each [, (h,)]
         p = pk.shape[0]
-        pk = pk.to(k.dtype).view(1, p, h, hs).transpose(1, 2).expand(b, -1, -1, -1)  # (B, h, P, hs)
-        pv = pv.to(v.dtype).view(1, p, h, hs).transpose(1, 2).expand(b, -1, -1, -1)
-        k = torch.cat([pk, k], dim=2)  # (B, h, P + L, hs)
-        v = torch.cat([pv, v], dim=2)
-        mask = extend_attention_mask(attention_mask, p)
-        if mask is not None and mask.dtype != torch.bool:
-            mask = mask.to(q.dtype)
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            dropout_p=self.dropout.p if self.training else 0.0,
-            scale=self.scaling,
+        pk = pk.view(1, p, h, hs).transpose(1, 2).expand(b, -1, -1, -1)  # (B, h, P, hs)
+        pv = pv.view(1, p, h, hs).transpose(1, 2).expand(b, -1, -1, -1)
+        out = attend_with_prefix(
+            q, k, v, pk, pv, gate[0] if gate else None, attention_mask,
+            dropout_p=self.dropout.p if self.training else 0.0, scale=self.scaling,
         )  # (B, h, L, hs)
         return out.transpose(1, 2).reshape(b, l, h * hs), None

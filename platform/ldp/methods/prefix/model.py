@@ -12,7 +12,9 @@ projected key/value space, so no re-parameterisation MLP). How they reach the at
   ``query``/``key``/``value`` Linear layers (the base's ``state_dict`` keys are unchanged).
 
 The self-attention module is the parent of ``base.block_parts().q``. The base is frozen.
-A fresh prefix is not the identity (see :class:`~ldp.methods.prefix.config.PrefixConfig`).
+In the default (joint) form a fresh prefix is not the identity; with ``attention: gated`` it is,
+through ``prefix_gates`` (layers, heads) starting at zero (see
+:class:`~ldp.methods.prefix.config.PrefixConfig`).
 """
 
 from __future__ import annotations
@@ -55,8 +57,12 @@ class PrefixModel(AdaptedModel):
         parent_path = parts.q.rpartition(".")[0]
         if token_init:
             self._init_from_tokens(base, ids, parent_path, parts.k, parts.v)
-        for index, block in enumerate(blocks):
-            attention = block.get_submodule(parent_path) if parent_path else block
+        attentions = [block.get_submodule(parent_path) if parent_path else block for block in blocks]
+        self.prefix_gates = None
+        if config.attention == "gated":
+            heads = getattr(attentions[0], "num_heads", None) or getattr(attentions[0], "num_attention_heads")
+            self.prefix_gates = nn.Parameter(torch.zeros(len(blocks), heads, device=device))
+        for index, (block, attention) in enumerate(zip(blocks, attentions)):
             if hasattr(attention, "set_prefix_kv"):  # native hook
                 attention.set_prefix_kv(self._native_prefix(index, attention))
                 self._undo.append(lambda a=attention: a.set_prefix_kv(None))
@@ -109,21 +115,29 @@ class PrefixModel(AdaptedModel):
             def split(w: torch.Tensor) -> torch.Tensor:  # (P, d) -> (B, heads, P, head_dim)
                 return w.view(p, heads, head_dim).transpose(0, 1).unsqueeze(0).expand(b, -1, -1, -1)
 
-            return split(self.prefix_keys[index]), split(self.prefix_values[index])
+            return split(self.prefix_keys[index]), split(self.prefix_values[index]), *self._gate(index)
 
         return prefix_kv
 
     def _hf_prefix(self, index: int):
-        def prefix() -> tuple[torch.Tensor, torch.Tensor]:
-            return self.prefix_keys[index], self.prefix_values[index]
+        def prefix() -> tuple[torch.Tensor, ...]:
+            return self.prefix_keys[index], self.prefix_values[index], *self._gate(index)
 
         return prefix
 
+    def _gate(self, index: int) -> tuple[torch.Tensor, ...]:
+        """``(tanh(g),)`` of one layer's heads in the gated form; ``()`` in the joint one."""
+        return () if self.prefix_gates is None else (torch.tanh(self.prefix_gates[index]),)
+
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [self.prefix_keys, self.prefix_values]
+        gates = [] if self.prefix_gates is None else [self.prefix_gates]
+        return [self.prefix_keys, self.prefix_values, *gates]
 
     def _adapter_tensors(self) -> dict[str, torch.Tensor]:
-        return {"prefix_keys": self.prefix_keys, "prefix_values": self.prefix_values}
+        tensors = {"prefix_keys": self.prefix_keys, "prefix_values": self.prefix_values}
+        if self.prefix_gates is not None:
+            tensors["prefix_gates"] = self.prefix_gates
+        return tensors
 
     def detach_from_base(self) -> None:
         """Undo the hooks / replacements: the base computes exactly as before attaching."""
