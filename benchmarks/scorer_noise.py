@@ -4,7 +4,6 @@
         adapters/sst2/lora-diffusion@latest validation 80
 """
 import sys, json, os, time
-import torch
 from ldp.bases import load_adapted
 from ldp.evaluation import evaluate_task
 ref = sys.argv[1]; split = sys.argv[2]; limit = int(sys.argv[3])

@@ -192,7 +192,6 @@ def _runtime_env_problems(text: str) -> list[str]:
 
 def _unknown_keys(model: Any, data: Any, where: str) -> list[str]:
     """Keys in ``data`` that pydantic ``model`` (and its nested models) does not declare."""
-    from pydantic import BaseModel
 
     if not isinstance(data, dict):
         return []

@@ -242,7 +242,7 @@ def plan_from_dict(
 ) -> SweepPlan:
     """Validate a grid document (with ``--set`` overrides of the base job and explicit options
     such as ``registry``/``data_dir``) into a :class:`SweepPlan`; raises :class:`UsageError`."""
-    from ldp.jobs.spec import JobSpec, train_config, validate_spec
+    from ldp.jobs.spec import train_config, validate_spec
     from ldp.store.refs import check_name
 
     if not isinstance(data, dict):

@@ -169,7 +169,9 @@ class _Progress:
         step, loop = int(metrics["step"]), self.loop
         if step % max(1, loop.log_every) == 0 or step == loop.max_steps or step == self.started_step + 1:
             rate = (step - self.started_step) / max(1e-9, time.perf_counter() - self.started_at)
-            extra = "".join(f" {k}={metrics[k]:.4f}" for k in ("val_loss",) if k in metrics)
+            # The answer's own tokens apart: EOS padding can make the loss small while the answer
+            # is not learned at all.
+            extra = "".join(f" {k}={metrics[k]:.4f}" for k in ("nll_answer", "val_loss") if k in metrics)
             self.say(
                 f"step {step}/{loop.max_steps} loss={metrics['loss']:.4f}{extra} "
                 f"lr={metrics['lr']:.2e} grad_norm={metrics['grad_norm']:.3f} ({rate:.2f} steps/s)"
