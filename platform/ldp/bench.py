@@ -128,8 +128,7 @@ def measure_method(method: str, cfg: BenchConfig) -> dict[str, Any]:
                 if method == FROZEN:
                     training_loss(base, batch, diffusion, generator=gen, hidden_fn=hidden_fn)
                 else:
-                    with autocast():
-                        base.hidden_states(ids, torch.full((cfg.batch,), 0.5))
+                    hidden_fn(ids, torch.full((cfg.batch,), 0.5), None)
 
         result: dict[str, Any] = {"trainable_params": 0, "trainable_pct": 0.0, "adapter_bytes": 0}
         gen_latency = None

@@ -53,11 +53,11 @@ from torch import nn
 
 __all__ = [
     "PhaseAdapter",
-    "one_thread",
     "context_encoding",
     "effective_rank_of",
     "instruction_encoding",
     "nuclear_norm",
+    "one_thread",
     "sinusoidal_step_embedding",
 ]
 

@@ -33,7 +33,6 @@ from ldp.methods.lora_diffusion.config import LoraDiffusionConfig
 from ldp.methods.lora_diffusion.layer import (
     PhaseAdapter,
     context_encoding,
-    one_thread,
     sinusoidal_step_embedding,
 )
 
@@ -507,10 +506,9 @@ class LoraDiffusionModel(AdaptedModel):
         zero = modules[0].lora_A.new_zeros(())
         cfg = self.config
         # A term whose weight is 0 is not computed (the nuclear norms cost an eigendecomposition
-        # per module and step). Every matrix here is small: one thread (see one_thread).
-        with one_thread():
-            rank = sum((m.nuclear_norm_sum() for m in modules), zero) if cfg.lambda_rank else zero
-            orth = sum((m.orthogonality() for m in modules), zero) if cfg.lambda_orth else zero
+        # per module and step; nuclear_norm runs it on one thread).
+        rank = sum((m.nuclear_norm_sum() for m in modules), zero) if cfg.lambda_rank else zero
+        orth = sum((m.orthogonality() for m in modules), zero) if cfg.lambda_orth else zero
         return {"rank": cfg.lambda_rank * rank, "orth": cfg.lambda_orth * orth}
 
     def effective_rank(self) -> dict[str, float]:
