@@ -188,3 +188,62 @@ def test_stats_split_the_nll_into_answer_and_eos_padding(toy):
     n_eos = stats["corrupted"] - n_answer
     mixed = (stats["nll_answer"] * n_answer + stats["nll_eos"] * n_eos) / stats["corrupted"]
     assert mixed == pytest.approx(stats["nll"], rel=1e-5)
+
+
+def test_reduce_loss_token_weights_count_in_the_denominator():
+    weighted = torch.tensor([[0.0, 2.0, 4.0, 0.0], [0.0, 0.0, 6.0, 0.0]])
+    response = torch.tensor([[0, 1, 1, 1], [0, 0, 1, 1]], dtype=torch.bool)
+    scored = torch.tensor([[0, 1, 1, 0], [0, 0, 1, 0]], dtype=torch.bool)
+    w = torch.tensor([[1.0, 1.0, 0.5, 0.5], [1.0, 1.0, 1.0, 0.5]])
+    tw = weighted * w  # 2, 2, 6
+    assert reduce_loss(tw, response, scored, "tokens", w).item() == pytest.approx(10 / 3.5)
+    assert reduce_loss(tw, response, scored, "answer_length", w).item() == pytest.approx(
+        (4 / 2 + 6 / 1.5) / 2
+    )
+    assert reduce_loss(tw, response, scored, "corrupted", w).item() == pytest.approx(10 / 2.5)
+    assert reduce_loss(tw, response, scored, "batch", w).item() == pytest.approx(10 / 2)
+    ones = torch.ones_like(w)
+    for norm in ("tokens", "answer_length", "corrupted", "batch"):
+        assert reduce_loss(weighted, response, scored, norm, ones).item() == pytest.approx(
+            reduce_loss(weighted, response, scored, norm).item()
+        )
+
+
+def test_eos_weight_moves_the_loss_onto_the_answer_tokens():
+    # An oracle sure of the EOS padding and uniform on the answer: with eos_weight w the loss is
+    # the answer's CE share of a weighted mean, so it rises as w falls, and is log V at w = 0.
+    from .conftest import EOS
+
+    batch = make_batch(B=8)
+    batch["input_ids"][:, -4:] = EOS  # answers of 3 tokens padded with 4 EOS
+    x0 = batch["input_ids"]
+    oracle = Oracle(x0, 1.0)
+    uniform_on_answer = Oracle(x0, 1.0 / VOCAB)
+
+    class SureOfEos(torch.nn.Module):
+        mask_token_id, pad_token_id, eos_token_id, vocab_size = 3, 0, EOS, VOCAB
+        hidden_size = VOCAB
+
+        def hidden_states(self, input_ids, t=None, attention_mask=None):
+            eos = (x0[: input_ids.shape[0]] == EOS).unsqueeze(-1)
+            return torch.where(eos, oracle.hidden_states(input_ids), uniform_on_answer.hidden_states(input_ids))
+
+        def head(self, hidden):
+            return hidden
+
+    t = torch.full((8,), 100)  # t = T: every response token is corrupted and scored
+    losses = {}
+    for w in (1.0, 0.25, 0.0):
+        cfg = DiffusionConfig(loss_weighting="none", eos_weight=w)
+        losses[w], stats = training_loss(SureOfEos(), batch, cfg, generator=gen(), t=t)
+        assert stats["corrupted"] == 8 * 7
+    log_v = math.log(VOCAB)
+    assert losses[1.0].item() == pytest.approx(log_v * 3 / 7, rel=1e-4)
+    assert losses[0.25].item() == pytest.approx(log_v * 3 / (3 + 0.25 * 4), rel=1e-4)
+    assert losses[0.0].item() == pytest.approx(log_v, rel=1e-4)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, "half", True])
+def test_eos_weight_refuses_values_outside_zero_one(bad):
+    with pytest.raises((ValueError, TypeError), match="eos_weight"):
+        DiffusionConfig(eos_weight=bad)

@@ -51,6 +51,16 @@ class DiffusionConfig:
     corrupted: sum / corrupted tokens (the mean weighted CE per scored token; not a bound).
     batch: sum / batch size (the per-sequence NLL bound)."""
 
+    eos_weight: float = 1.0
+    """Weight of the response's EOS tokens (the answer's end and the padding after it) relative to
+    the answer's own tokens, in the loss and in its normaliser (so the loss stays a weighted mean).
+
+    1 (default) is LLaDA's SFT convention: padding counts as answer. A short answer padded to a
+    fixed length (a classification label is one token and its EOS padding) is then mostly EOS,
+    which every method learns in a few steps, so most of the loss, and of its gradient, says
+    nothing about the label. A weight below 1 gives the answer's own tokens that share back.
+    Training only: the ELBO used for scoring is unchanged."""
+
     min_one_corrupted: bool = True
     """In training, corrupt at least one response token of every sequence that has one: at small
     t a short answer would often draw no corruption and the example would be wasted. This biases
@@ -70,6 +80,10 @@ class DiffusionConfig:
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+        if isinstance(self.eos_weight, bool) or not isinstance(self.eos_weight, (int, float)):
+            raise TypeError(f"eos_weight must be a number, got {self.eos_weight!r}")
+        if not 0.0 <= self.eos_weight <= 1.0:
+            raise ValueError(f"eos_weight must be in [0, 1], got {self.eos_weight}")
         if self.transition == "uniform" and self.loss_norm == "corrupted":
             raise ValueError(
                 "loss_norm=corrupted needs transition=absorbing (under uniform corruption every "

@@ -16,7 +16,8 @@ number of scored tokens, instead of (B, L, V).
 
 Pieces, smallest first: :func:`masked_positions_nll` (H -> per-token CE), :func:`token_nll`
 (x_t -> per-token CE through the model), :func:`reduce_loss` (normalisation),
-:func:`diffusion_loss` (weighting + normalisation + stats), :func:`training_loss` (one draw of
+:func:`diffusion_loss` (weighting + normalisation + stats; ``eos_weight`` shifts the weight
+from the EOS padding to the answer's own tokens, :func:`eos_token_weight`), :func:`training_loss` (one draw of
 t and x_t for a batch, end to end; its stats split the CE into answer and EOS padding,
 :func:`split_nll`).
 """
@@ -37,6 +38,7 @@ from ldp.errors import UsageError
 __all__ = [
     "HiddenFn",
     "diffusion_loss",
+    "eos_token_weight",
     "masked_positions_nll",
     "reduce_loss",
     "split_nll",
@@ -88,21 +90,28 @@ def token_nll(
 
 
 def reduce_loss(
-    weighted: torch.Tensor, response_mask: torch.Tensor, scored: torch.Tensor, norm: str
+    weighted: torch.Tensor,
+    response_mask: torch.Tensor,
+    scored: torch.Tensor,
+    norm: str,
+    token_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Weighted token losses (B, L) -> scalar under normalisation ``norm``.
 
-    response_mask, scored: (B, L) bool. Denominators are clamped at 1 so that an empty batch
-    gives 0 rather than NaN. See ``DiffusionConfig.loss_norm`` for the meaning of each.
+    response_mask, scored: (B, L) bool. ``token_weight`` (B, L) float, when given, is already
+    inside ``weighted`` and makes each token count by its weight in the denominators too (a
+    weighted mean; ``batch`` has no token count to weigh). Denominators are clamped so that an
+    empty batch gives 0 rather than NaN. See ``DiffusionConfig.loss_norm`` for each norm.
     """
     response_mask = response_mask.bool()
+    w = torch.ones_like(weighted) if token_weight is None else token_weight.to(weighted.dtype)
     if norm == "tokens":
-        return weighted.sum() / response_mask.sum().clamp_min(1)
+        return weighted.sum() / (w * response_mask).sum().clamp_min(1e-6)
     if norm == "answer_length":
-        per_seq = weighted.sum(dim=1) / response_mask.sum(dim=1).clamp_min(1)  # (B,)
+        per_seq = weighted.sum(dim=1) / (w * response_mask).sum(dim=1).clamp_min(1e-6)  # (B,)
         return per_seq.mean()
     if norm == "corrupted":
-        return weighted.sum() / scored.sum().clamp_min(1)
+        return weighted.sum() / (w * scored.bool()).sum().clamp_min(1e-6)
     if norm == "batch":
         return weighted.sum() / weighted.shape[0]
     raise UsageError(
@@ -116,17 +125,21 @@ def diffusion_loss(
     response_mask: torch.Tensor,
     scored: torch.Tensor,
     config: DiffusionConfig,
+    token_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Weight per-token losses by step and normalise them (paper Eq. 8 as trained).
 
     nll: (B, L) float, zero outside ``scored``; t: (B,) long in 1..T; response_mask, scored:
-    (B, L) bool. Returns ``(loss, stats)``: the scalar loss, and stats ``denoising_loss`` (its
+    (B, L) bool; token_weight: optional (B, L) per-token weight (see :func:`reduce_loss`). Returns ``(loss, stats)``: the scalar loss, and stats ``denoising_loss`` (its
     value; a trainer may add regularisers to the loss), ``nll`` (unweighted mean CE per scored
     token), ``corrupted`` (scored tokens in the batch), ``t_mean`` (mean t/T).
     """
     T = config.num_steps
     w = loss_weight(t.cpu(), T, config.schedule, config.loss_weighting).to(nll.device)  # (B,)
-    loss = reduce_loss(nll * w.unsqueeze(1), response_mask, scored, config.loss_norm)
+    weighted = nll * w.unsqueeze(1)
+    if token_weight is not None:
+        weighted = weighted * token_weight
+    loss = reduce_loss(weighted, response_mask, scored, config.loss_norm, token_weight)
     n_scored = int(scored.sum())
     stats = {
         "denoising_loss": float(loss.detach()),
@@ -180,11 +193,24 @@ def training_loss(
     nll = token_nll(
         model, x_t, t.float() / T, x0, scored, attention_mask=attention_mask, hidden_fn=hidden_fn
     )
-    loss, stats = diffusion_loss(nll, t, response, scored, config)
     eos = getattr(model, "eos_token_id", None)
+    token_weight = None
+    if config.eos_weight != 1.0:
+        if eos is None:
+            raise UsageError("diffusion.eos_weight needs a model with an eos_token_id")
+        token_weight = eos_token_weight(x0, response, eos, config.eos_weight)
+    loss, stats = diffusion_loss(nll, t, response, scored, config, token_weight)
     if eos is not None:
         stats.update(split_nll(nll, x0, scored, eos))
     return loss, stats
+
+
+def eos_token_weight(
+    x0: torch.Tensor, response: torch.Tensor, eos_token_id: int, eos_weight: float
+) -> torch.Tensor:
+    """(B, L) float: ``eos_weight`` on the response's EOS tokens, 1 everywhere else."""
+    weight = torch.ones(x0.shape, dtype=torch.float32, device=x0.device)
+    return weight.masked_fill(response.bool() & (x0 == eos_token_id), float(eos_weight))
 
 
 def split_nll(nll: torch.Tensor, x0: torch.Tensor, scored: torch.Tensor, eos_token_id: int) -> dict[str, float]:
