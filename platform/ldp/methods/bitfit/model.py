@@ -54,7 +54,6 @@ class BitFitModel(AdaptedModel):
         for p in self._biases.values():
             p.requires_grad_(True)
 
-
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self._biases.values())
 
