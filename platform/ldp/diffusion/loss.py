@@ -16,10 +16,10 @@ number of scored tokens, instead of (B, L, V).
 
 Pieces, smallest first: :func:`masked_positions_nll` (H -> per-token CE), :func:`token_nll`
 (x_t -> per-token CE through the model), :func:`reduce_loss` (normalisation),
-:func:`diffusion_loss` (weighting + normalisation + stats; ``eos_weight`` shifts the weight
-from the EOS padding to the answer's own tokens, :func:`eos_token_weight`), :func:`training_loss` (one draw of
-t and x_t for a batch, end to end; its stats split the CE into answer and EOS padding,
-:func:`split_nll`).
+:func:`diffusion_loss` (weighting + normalisation + stats; ``eos_weight`` shifts weight from
+the EOS padding to the answer's own tokens, :func:`eos_token_weight`), :func:`training_loss`
+(one draw of t and x_t for a batch, end to end; its stats split the CE into answer and EOS
+padding, :func:`split_nll`).
 """
 
 from __future__ import annotations
@@ -130,9 +130,10 @@ def diffusion_loss(
     """Weight per-token losses by step and normalise them (paper Eq. 8 as trained).
 
     nll: (B, L) float, zero outside ``scored``; t: (B,) long in 1..T; response_mask, scored:
-    (B, L) bool; token_weight: optional (B, L) per-token weight (see :func:`reduce_loss`). Returns ``(loss, stats)``: the scalar loss, and stats ``denoising_loss`` (its
-    value; a trainer may add regularisers to the loss), ``nll`` (unweighted mean CE per scored
-    token), ``corrupted`` (scored tokens in the batch), ``t_mean`` (mean t/T).
+    (B, L) bool; token_weight: optional (B, L) per-token weight (see :func:`reduce_loss`).
+    Returns ``(loss, stats)``: the scalar loss, and stats ``denoising_loss`` (its value; a
+    trainer may add regularisers to the loss), ``nll`` (unweighted mean CE per scored token),
+    ``corrupted`` (scored tokens in the batch), ``t_mean`` (mean t/T).
     """
     T = config.num_steps
     w = loss_weight(t.cpu(), T, config.schedule, config.loss_weighting).to(nll.device)  # (B,)
