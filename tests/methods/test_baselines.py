@@ -187,3 +187,47 @@ def test_gated_prefix_saves_and_loads_its_gates(tmp_path):
     torch.testing.assert_close(loaded.prefix_gates, model.prefix_gates)
     ids = torch.randint(4, 64, (1, 6))
     torch.testing.assert_close(loaded(ids, torch.tensor([0.3])), model(ids, torch.tensor([0.3])))
+
+
+@pytest.mark.parametrize("make", [make_native, make_bert])
+def test_reparameterised_prefix_is_the_mlp_of_one_embedding_and_trains_through_it(make):
+    model = get_method("prefix").attach(make(), {"num_virtual_tokens": 3, "reparam_hidden": 16})
+    assert model.prefix_keys is None  # no raw prefixes: every layer's come from the MLP
+    d, layers = model.prefix_embedding.shape[1], len(model.blocks())
+    out = model.prefix_mlp_out(torch.tanh(model.prefix_mlp_in(model.prefix_embedding)))  # (P, L*2*d)
+    per_layer = out.view(3, layers, 2, d)
+    for index in range(layers):
+        keys, values = model.layer_prefix(index)
+        torch.testing.assert_close(keys, per_layer[:, index, 0])
+        torch.testing.assert_close(values, per_layer[:, index, 1])
+    counts = model.parameter_counts()
+    assert counts["trainable"] == 3 * d + (d * 16 + 16) + (16 * layers * 2 * d + layers * 2 * d)
+    ids = torch.randint(4, 64, (2, 6))
+    model(ids, torch.tensor([0.5, 0.5])).sum().backward()
+    assert model.prefix_embedding.grad.abs().sum() > 0 and model.prefix_mlp_in.weight.grad.abs().sum() > 0
+    # the prefix reaches the attention: moving the MLP's output bias changes the output
+    with torch.no_grad():
+        before = model(ids, torch.tensor([0.5, 0.5]))
+        model.prefix_mlp_out.bias.normal_()
+        assert not torch.allclose(model(ids, torch.tensor([0.5, 0.5])), before)
+
+
+def test_reparameterised_prefix_saves_and_loads_its_mlp(tmp_path):
+    from ldp.methods import load_adapter
+
+    model = get_method("prefix").attach(make_native(), {"num_virtual_tokens": 2, "reparam_hidden": 8})
+    with torch.no_grad():
+        model.prefix_mlp_out.bias.normal_()
+    model.save_adapter(tmp_path, base_name="test", base_hash="h")
+    loaded = load_adapter(make_native(), tmp_path, base_hash="h")
+    assert set(loaded.adapter_state_dict()) == set(model.adapter_state_dict())
+    ids = torch.randint(4, 64, (1, 6))
+    torch.testing.assert_close(loaded(ids, torch.tensor([0.3])), model(ids, torch.tensor([0.3])))
+
+
+@pytest.mark.parametrize("bad", [{"reparam_hidden": -1}, {"reparam_hidden": 8, "init": "tokens"}])
+def test_prefix_refuses_a_bad_reparameterisation(bad):
+    from ldp.errors import UsageError
+
+    with pytest.raises((ValueError, TypeError, UsageError), match="reparam_hidden"):
+        get_method("prefix").build_config(bad)

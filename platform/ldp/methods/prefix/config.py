@@ -28,7 +28,21 @@ class PrefixConfig:
     is added through a learned per-layer, per-head gate ``tanh(g)``, ``g`` starting at 0, so a
     fresh prefix is exactly the identity (see ``ldp.models.prefix_attention``)."""
 
+    reparam_hidden: int = 0
+    """0: the prefix keys and values are trained directly. ``N > 0``: Li & Liang's
+    re-parameterisation: every layer's keys and values are the output of one two-layer MLP
+    (``tanh`` hidden layer of width ``N``) applied to a learned (P, d) embedding table, so all
+    layers' prefixes move together through shared weights early in training. It trains
+    ``P d + d N + N (2 L d)`` parameters instead of ``2 L P d`` (L layers), and the saved adapter
+    holds the MLP. Needs ``init: normal``."""
+
     def __post_init__(self) -> None:
+        if isinstance(self.reparam_hidden, bool) or not isinstance(self.reparam_hidden, int):
+            raise TypeError(f"reparam_hidden must be an integer, got {self.reparam_hidden!r}")
+        if self.reparam_hidden < 0:
+            raise ValueError(f"reparam_hidden must be >= 0, got {self.reparam_hidden}")
+        if self.reparam_hidden and self.init == "tokens":
+            raise ValueError("reparam_hidden needs init: normal (token init sets raw prefixes)")
         if self.num_virtual_tokens < 1:
             raise ValueError(f"num_virtual_tokens must be >= 1, got {self.num_virtual_tokens}")
         if self.init_std < 0:

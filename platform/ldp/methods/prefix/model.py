@@ -3,7 +3,9 @@
 Every block's self-attention gets P learned key/value vectors prepended to the sequence's keys and
 values; every query may attend to them. The weights are two tensors owned by this model,
 ``prefix_keys`` and ``prefix_values``, each (layers, P, d) with d = heads x head_dim (the
-projected key/value space, so no re-parameterisation MLP). How they reach the attention:
+projected key/value space); with ``reparam_hidden`` they are instead computed, layer by layer,
+by Li & Liang's re-parameterisation MLP (:meth:`PrefixModel._build_reparam`). How they reach
+the attention:
 
 - native backbone (``ldp.models.native``): through its hook, ``SelfAttention.set_prefix_kv(fn)``
   with ``fn(x) -> (k, v)`` of shape (B, heads, P, head_dim); the keys get no rotary embedding;
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ldp.errors import UsageError
 from ldp.methods.base import AdaptedModel
@@ -46,12 +49,17 @@ class PrefixModel(AdaptedModel):
         if token_init:  # drawn first: P random vocabulary ids, never [MASK]
             ids = torch.randint(0, base.vocab_size - 1, (1, config.num_virtual_tokens))
             ids = (ids + (ids >= base.mask_token_id).long()).to(device)
-        self.prefix_keys = nn.Parameter(
-            torch.empty(shape, device=device).normal_(0.0, config.init_std)
-        )
-        self.prefix_values = nn.Parameter(
-            torch.empty(shape, device=device).normal_(0.0, config.init_std)
-        )
+        self.prefix_keys = self.prefix_values = None
+        self.prefix_embedding = self.prefix_mlp_in = self.prefix_mlp_out = None
+        if config.reparam_hidden:
+            self._build_reparam(len(blocks), d, config, device)
+        else:
+            self.prefix_keys = nn.Parameter(
+                torch.empty(shape, device=device).normal_(0.0, config.init_std)
+            )
+            self.prefix_values = nn.Parameter(
+                torch.empty(shape, device=device).normal_(0.0, config.init_std)
+            )
         self._undo: list = []
         parts = base.block_parts()
         parent_path = parts.q.rpartition(".")[0]
@@ -115,26 +123,60 @@ class PrefixModel(AdaptedModel):
             def split(w: torch.Tensor) -> torch.Tensor:  # (P, d) -> (B, heads, P, head_dim)
                 return w.view(p, heads, head_dim).transpose(0, 1).unsqueeze(0).expand(b, -1, -1, -1)
 
-            return split(self.prefix_keys[index]), split(self.prefix_values[index]), *self._gate(index)
+            keys, values = self.layer_prefix(index)
+            return split(keys), split(values), *self._gate(index)
 
         return prefix_kv
 
     def _hf_prefix(self, index: int):
         def prefix() -> tuple[torch.Tensor, ...]:
-            return self.prefix_keys[index], self.prefix_values[index], *self._gate(index)
+            return *self.layer_prefix(index), *self._gate(index)
 
         return prefix
+
+    def _build_reparam(self, layers: int, d: int, config: PrefixConfig, device) -> None:
+        """Li & Liang's MLP: (P, d) embedding -> tanh(Linear d -> N) -> Linear N -> (L, 2, d).
+
+        The output layer starts at N(0, init_std / sqrt(N)) with a zero bias, so a fresh
+        prefix has about the scale of the direct form's N(0, init_std) init."""
+        hidden = config.reparam_hidden
+        self.prefix_embedding = nn.Parameter(
+            torch.randn(config.num_virtual_tokens, d, device=device)
+        )
+        self.prefix_mlp_in = nn.Linear(d, hidden, device=device)
+        self.prefix_mlp_out = nn.Linear(hidden, layers * 2 * d, device=device)
+        with torch.no_grad():
+            self.prefix_mlp_out.weight.normal_(0.0, config.init_std / hidden**0.5)
+            self.prefix_mlp_out.bias.zero_()
+
+    def layer_prefix(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block ``index``'s prefix keys and values, (P, d) each."""
+        if self.prefix_mlp_out is None:
+            return self.prefix_keys[index], self.prefix_values[index]
+        hidden = torch.tanh(self.prefix_mlp_in(self.prefix_embedding))  # (P, N)
+        d = self.prefix_embedding.shape[1]
+        rows = slice(2 * d * index, 2 * d * (index + 1))  # this layer's keys, then its values
+        kv = F.linear(hidden, self.prefix_mlp_out.weight[rows], self.prefix_mlp_out.bias[rows])
+        return kv[:, :d], kv[:, d:]  # (P, d) each
 
     def _gate(self, index: int) -> tuple[torch.Tensor, ...]:
         """``(tanh(g),)`` of one layer's heads in the gated form; ``()`` in the joint one."""
         return () if self.prefix_gates is None else (torch.tanh(self.prefix_gates[index]),)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        gates = [] if self.prefix_gates is None else [self.prefix_gates]
-        return [self.prefix_keys, self.prefix_values, *gates]
+        return list(self._adapter_tensors().values())
 
     def _adapter_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {"prefix_keys": self.prefix_keys, "prefix_values": self.prefix_values}
+        if self.prefix_mlp_out is None:
+            tensors = {"prefix_keys": self.prefix_keys, "prefix_values": self.prefix_values}
+        else:
+            tensors = {
+                "prefix_embedding": self.prefix_embedding,
+                "prefix_mlp_in.weight": self.prefix_mlp_in.weight,
+                "prefix_mlp_in.bias": self.prefix_mlp_in.bias,
+                "prefix_mlp_out.weight": self.prefix_mlp_out.weight,
+                "prefix_mlp_out.bias": self.prefix_mlp_out.bias,
+            }
         if self.prefix_gates is not None:
             tensors["prefix_gates"] = self.prefix_gates
         return tensors
