@@ -2,15 +2,25 @@
 
 Before blaming an adapter for a low score, ask what the frozen base gives it. This script encodes
 each example the way the adapter recipe sees it at the start of denoising (the task's prompt, then
-the answer positions all masked, ``t = 1``) and fits a logistic regression on two readouts of the
-base's final states:
+the answer positions all masked, ``t = 1``) and fits a logistic regression on each of several
+readouts of the base's states:
 
 - ``answer``: the state at the first answer position, which is what the head (and a trajectory
   adapter) turns into the first answer token;
 - ``mean``: the mean over the prompt's tokens (the classic sentence-embedding probe);
 - ``blocks``: that mean taken at the output of every block, concatenated and standardised with
   the training examples' per-feature statistics -- what a lora-diffusion adapter with
-  ``context: blocks`` conditions on.
+  ``context: blocks`` conditions on;
+- ``question``: as ``blocks``, but the means are over the example's own tokens only (the span where
+  prompts differ from the task's template: the instruction before it and the cue after it are
+  left out);
+- ``first``: every block's states at the first two tokens of that span (where a question's
+  wh-word sits), concatenated;
+- ``blocks+first``: both together.
+
+The last three ask whether a readout that looks at the input more closely than the prompt mean
+would separate more. All but ``answer`` and ``mean`` are standardised with the training examples'
+per-feature statistics.
 
 A probe is trained on the train split and scored on the validation split, so it never sees the
 numbers it reports. It is an estimate of what a *linear* readout of the frozen features can reach,
@@ -31,6 +41,9 @@ import sys
 import time
 
 import torch
+
+
+READOUTS = ("answer", "mean", "blocks", "question", "first", "blocks+first")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -62,15 +75,32 @@ def _load(base: str):
     return model.eval(), tok
 
 
+def template_span(prompts: list[list[int]]) -> tuple[int, int]:
+    """``(prefix, suffix)``: how many leading and trailing tokens every prompt shares (the task's
+    template around the example's own text). Each is capped so that the shortest prompt keeps at
+    least one token of its own between them."""
+    shortest = min(len(p) for p in prompts)
+    prefix = 0
+    while prefix < shortest - 1 and len({p[prefix] for p in prompts}) == 1:
+        prefix += 1
+    suffix = 0
+    while prefix + suffix < shortest - 1 and len({p[-1 - suffix] for p in prompts}) == 1:
+        suffix += 1
+    return prefix, suffix
+
+
 @torch.no_grad()
-def features(model, tok, examples, answer_width: int, batch: int) -> dict[str, torch.Tensor]:
-    """``{"answer", "mean", "blocks"}`` readouts, one row per example (the module docstring);
-    ``blocks`` is not yet standardised."""
+def features(
+    model, tok, examples, answer_width: int, batch: int, span: tuple[int, int]
+) -> dict[str, torch.Tensor]:
+    """The readouts of the module docstring, one row per example, not yet standardised;
+    ``span``: the template's ``(prefix, suffix)`` token counts (:func:`template_span`)."""
     from ldp.data.collate import encode_example
     from ldp.methods.lora_diffusion.layer import context_encoding
     from ldp.methods.lora_diffusion.model import run_base
 
-    rows: dict[str, list[torch.Tensor]] = {"answer": [], "mean": [], "blocks": []}
+    rows: dict[str, list[torch.Tensor]] = {name: [] for name in ("answer", "mean", "blocks", "question", "first")}
+    prefix, suffix = span
     inner = list(range(len(model.blocks()) - 1))  # the last block's output is the final state
     for start in range(0, len(examples), batch):
         chunk = [encode_example(ex, tok)["prompt_ids"] for ex in examples[start : start + batch]]
@@ -93,8 +123,16 @@ def features(model, tok, examples, answer_width: int, batch: int) -> dict[str, t
 
         rows["answer"].append(h.float()[torch.arange(len(chunk)), lengths])
         rows["mean"].append(prompt_means([h]))
-        rows["blocks"].append(prompt_means([captured[i] for i in inner] + [h]))
-    return {name: torch.cat(parts) for name, parts in rows.items()}
+        states = [captured[i] for i in inner] + [h]
+        rows["blocks"].append(prompt_means(states))
+        own = prompt & (torch.arange(width)[None, :] >= prefix)
+        own &= torch.arange(width)[None, :] < (lengths - suffix)[:, None]
+        rows["question"].append(context_encoding(states, own, input_ids=x, mask_token_id=model.mask_token_id,
+                                                 attention_mask=attn))
+        rows["first"].append(torch.cat([s.float()[:, prefix : prefix + 2].flatten(1) for s in states], dim=1))
+    out = {name: torch.cat(parts) for name, parts in rows.items()}
+    out["blocks+first"] = torch.cat([out["blocks"], out["first"]], dim=1)
+    return out
 
 
 def standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
@@ -124,6 +162,7 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, classes: int, c: float = 1.0)
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    from ldp.data.collate import encode_example
     from ldp.data.loading import load_examples
     from ldp.data.tasks import get_task
     from ldp.errors import LdpError
@@ -140,15 +179,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started = time.perf_counter()
     width = spec.max_new_tokens
-    train_x = features(model, tok, train, width, args.batch)
-    val_x = features(model, tok, val, width, args.batch)
-    train_x["blocks"], val_x["blocks"] = standardise(train_x["blocks"], val_x["blocks"])
+    # The template is what every training prompt shares; a split of one prompt has no template
+    # to tell apart, so the span is then the whole prompt.
+    train_prompts = [encode_example(ex, tok)["prompt_ids"] for ex in train]
+    span = template_span(train_prompts) if len(train_prompts) > 1 else (0, 0)
+    train_x = features(model, tok, train, width, args.batch, span)
+    val_x = features(model, tok, val, width, args.batch, span)
+    for name in READOUTS[2:]:
+        train_x[name], val_x[name] = standardise(train_x[name], val_x[name])
     y_train = [ex.label for ex in train]
     y_val = [ex.label for ex in val]
     result = {"base": args.base, "task": args.task, "n_train": len(train), "n_val": len(val),
               "split": "validation", "majority": round(100 * max(map(y_val.count, set(y_val))) / len(y_val), 1)}
     classes = spec.num_labels
-    for name in ("answer", "mean", "blocks"):
+    result["template_tokens"] = list(span)
+    for name in READOUTS:
         probe = fit_logistic(train_x[name], torch.tensor(y_train), classes)
         pred = probe(val_x[name]).argmax(1)
         result[f"{name}_accuracy"] = round(100 * (pred == torch.tensor(y_val)).float().mean().item(), 1)

@@ -48,8 +48,19 @@ def test_probe_reports_every_readout_on_a_real_base(probe, small_base, data_dir,
     result = json.loads(out.read_text())
     assert json.loads(capsys.readouterr().out) == result
     assert result["n_train"] == 48 and result["n_val"] == 16 and result["split"] == "validation"
-    for key in ("answer_accuracy", "mean_accuracy", "blocks_accuracy", "majority"):
+    for key in [f"{name}_accuracy" for name in probe.READOUTS] + ["majority"]:
         assert 0.0 <= result[key] <= 100.0
+    # sst2's template: the instruction before the sentence and the answer cue after it.
+    prefix, suffix = result["template_tokens"]
+    assert prefix > 10 and suffix >= 1
+
+
+def test_template_span_is_what_every_prompt_shares_and_leaves_each_its_own_token(probe):
+    prompts = [[1, 2, 3, 7, 8, 9], [1, 2, 3, 5, 9], [1, 2, 3, 6, 6, 6, 8, 9]]
+    assert probe.template_span(prompts) == (3, 1)
+    # A prompt that is all template still keeps one token of its own.
+    assert probe.template_span([[1, 2, 9], [1, 2, 9]]) == (2, 0)
+    assert probe.template_span([[4, 9], [5, 9], [4, 9]]) == (0, 1)
 
 
 @pytest.mark.parametrize("args, needle", [
