@@ -32,6 +32,7 @@ from ldp.cluster.resources import (
     NodeResources,
     check_fits,
     cluster_resources,
+    cpus_per_worker_for,
 )
 from ldp.cluster.strategy import (
     DEFAULT_HEADROOM,
@@ -59,6 +60,7 @@ __all__ = [  # noqa: RUF022 - grouped by module
     "NodeResources",
     "FitReport",
     "cluster_resources",
+    "cpus_per_worker_for",
     "check_fits",
     # placement
     "PLACEMENT_STRATEGIES",

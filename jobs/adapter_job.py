@@ -65,6 +65,7 @@ def _train(spec, config: dict[str, Any], job_id: str):
         checkpoint_every=spec.checkpoint_every,
         max_failures=spec.max_failures,
         use_gpu=spec.use_gpu,
+        cpus_per_worker=spec.cpus_per_worker,
         deepspeed=spec.deepspeed or None,
     )
 

@@ -117,6 +117,7 @@ def cell_spec(spec: CompareSpec, task: str, method: str, base: str | None = None
     data = {
         "task": task, "method": method, "size": spec.size, "base": base or spec.base,
         "steps": cell_steps(spec, task, method), "workers": spec.workers,
+        "cpus_per_worker": 1,  # cells train side by side, a worker group per free CPU
         "strategy": spec.strategy, "registry": spec.registry, "data_dir": spec.data_dir,
         "storage_path": spec.storage_path, "train": train,
     }

@@ -89,7 +89,7 @@ def run_training(
     checkpoint_every: int,
     max_failures: int = 2,
     use_gpu: bool = False,
-    cpus_per_worker: float = 1,
+    cpus_per_worker: float | None = 1,
     deepspeed: dict[str, Any] | None = None,
     artifact_dir: Path | None = None,
     callbacks: list[Any] | None = None,
@@ -103,13 +103,15 @@ def run_training(
     a ``pyarrow.fs.FileSystem``) holds ``<job_id>/step_*``, ``<job_id>/artifact`` and the
     metrics; ``artifact_dir`` is where a non-local artifact is downloaded to (default: a new
     temporary folder). ``callbacks``: extra Ray Train ``UserCallback`` objects for the run's
-    ``RunConfig`` (a sweep trial passes Tune's ``TuneReportCallback``). Connects to Ray
+    ``RunConfig`` (a sweep trial passes Tune's ``TuneReportCallback``). ``cpus_per_worker``
+    None: as many as :func:`ldp.cluster.cpus_per_worker_for` gives (every core of a one-node
+    cluster, shared among the workers). Connects to Ray
     (:func:`ldp.cluster.connect`) unless already connected, and refuses a job the cluster can
     never place. Raises :class:`LdpError` when training fails after ``max_failures`` restarts.
     """
     import ray
     import ray.train
-    from ldp.cluster import check_fits, connect, parse_strategy, scaling_config
+    from ldp.cluster import check_fits, cluster_resources, connect, cpus_per_worker_for, parse_strategy, scaling_config
     from ldp.jobs.children import child_env
     from ldp.jobs.recipe import load_recipe
     from ray.train.torch import TorchTrainer
@@ -135,6 +137,8 @@ def run_training(
     handle = None if ray.is_initialized() else connect()
     try:
         gpus = 1 if use_gpu else 0
+        if cpus_per_worker is None:
+            cpus_per_worker = cpus_per_worker_for(num_workers, cluster_resources(), use_gpu)
         fit = check_fits(num_workers, cpus_per_worker, gpus)
         if not fit.fits_now:
             print(f"[ldp] {fit.message}", flush=True)
@@ -158,6 +162,7 @@ def run_training(
                 "checkpoint_every": checkpoint_every,
                 "deepspeed": deepspeed or {},
                 "use_gpu": use_gpu,
+                "threads": int(cpus_per_worker),
             },
             scaling_config=scaling_config(num_workers, use_gpu, cpus_per_worker),
             run_config=ray.train.RunConfig(

@@ -26,9 +26,11 @@ __all__ = [
     "validate_pipeline",
 ]
 
-_RESULT_NEUTRAL = ("storage_path", "max_failures", "checkpoint_every", "registry", "auto_base", "base_steps")
+_RESULT_NEUTRAL = (
+    "storage_path", "max_failures", "checkpoint_every", "registry", "auto_base", "base_steps", "cpus_per_worker",
+)
 """JobSpec fields that do not change what a job produces (where checkpoints go, how often, how
-many restarts; the exact resume makes the result independent of them)."""
+many restarts, how many threads; the exact resume makes the result independent of them)."""
 
 
 @dataclass
@@ -176,6 +178,7 @@ def child_spec(spec: PipelineSpec, task: str, base: str | None = None) -> dict[s
         "strategy": spec.strategy, "registry": spec.registry, "data_dir": spec.data_dir,
         "storage_path": spec.storage_path, "checkpoint_every": spec.checkpoint_every, "max_failures": spec.max_failures,
         "auto_base": spec.auto_base, "train": dict(spec.train),
+        "cpus_per_worker": 1,  # cells train side by side, a worker group per free CPU
     }
     if spec.base_steps is not None:
         data["base_steps"] = spec.base_steps

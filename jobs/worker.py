@@ -245,7 +245,7 @@ def _report_artifact(recipe: Any, built: Any, state: dict[str, Any], final: dict
 def train_worker(cfg: dict[str, Any]) -> None:
     """``train_loop_per_worker`` (see the module docstring); ``cfg`` is what
     :func:`ldp.jobs.runner.run_training` passes: recipe, config, job id, strategy,
-    ``checkpoint_every``, DeepSpeed overrides, ``use_gpu``."""
+    ``checkpoint_every``, DeepSpeed overrides, ``use_gpu``, ``threads`` (the worker's CPUs)."""
     import ray.train
     import torch
     from ldp.jobs.deepspeed_backend import DeepSpeedBackend
@@ -255,6 +255,8 @@ def train_worker(cfg: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     strategy = cfg["strategy"]
+    # Ray starts a Train worker with one intra-op thread whatever CPUs its bundle holds.
+    torch.set_num_threads(max(1, int(cfg.get("threads", 1))))
     warnings.filterwarnings(  # DeepSpeed calls these on every step; noise in the job log
         "ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning
     )

@@ -7,7 +7,7 @@ import os
 import pytest
 from ldp.cluster.connect import connect, resolve_address, worker_env
 from ldp.cluster.placement import scaling_config, worker_resources
-from ldp.cluster.resources import ClusterResources, NodeResources, check_fits
+from ldp.cluster.resources import ClusterResources, NodeResources, check_fits, cpus_per_worker_for
 from ldp.errors import LdpError, UsageError
 
 
@@ -23,6 +23,18 @@ def _cluster(*nodes: tuple[float, float], free: dict | None = None) -> ClusterRe
         "memory": sum(n.memory_bytes for n in ns),
     }
     return ClusterResources(total=total, available=dict(total, **(free or {})), nodes=ns)
+
+
+# --- CPUs per worker when the job does not say ---------------------------------------------
+
+
+def test_one_node_shares_its_cpus_among_the_workers_and_larger_clusters_give_one():
+    assert cpus_per_worker_for(1, _cluster((2, 0))) == 2
+    assert cpus_per_worker_for(2, _cluster((2, 0))) == 1
+    assert cpus_per_worker_for(2, _cluster((7, 0))) == 3
+    assert cpus_per_worker_for(3, _cluster((2, 0))) == 1  # never below one (check_fits refuses it)
+    assert cpus_per_worker_for(1, _cluster((16, 0), (16, 0))) == 1
+    assert cpus_per_worker_for(1, _cluster((16, 4)), use_gpu=True) == 1
 
 
 # --- check_fits on described clusters ------------------------------------------------------

@@ -208,3 +208,13 @@ def test_a_worker_error_becomes_one_ldp_error_line(local_ray, storage):
     message = str(info.value)
     assert message.startswith("training job toy-nan failed: rank 0: loss became nan at step 3")
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("cpus, threads", [(None, 2), (1, 1)])
+def test_a_lone_worker_computes_on_every_core_unless_told(local_ray, storage, jobs_env, cpus, threads):
+    # The embedded cluster has 2 CPUs: by default one worker holds both, and so two threads.
+    out = Path(jobs_env["root"]) / f"threads-{cpus}"
+    run_training("toy_recipe", {**CONFIG, "steps": 2, "threads_file": str(out)}, job_id=f"toy-threads-{cpus}",
+                 num_workers=1, strategy="ddp", storage_path=str(storage), checkpoint_every=EVERY,
+                 cpus_per_worker=cpus)
+    assert int(out.read_text()) == threads

@@ -72,3 +72,20 @@ def test_another_cluster_is_left_to_the_runner(head_record, data_dir):
     # An embedded Ray is asked for explicitly: this machine's CPUs bound it, head or not.
     with pytest.raises(UsageError, match="this machine has"):
         validate_spec(_spec(data_dir, CPUS + 2), address="local")
+
+
+def test_cpus_per_worker_beyond_the_machine_or_not_positive_is_refused(data_dir, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    spec = {**_spec(data_dir, 1), "cpus_per_worker": CPUS}
+    assert validate_spec(spec).cpus_per_worker == CPUS
+    with pytest.raises(UsageError, match=f"needs {2 * CPUS} CPUs; this machine has {CPUS}"):
+        validate_spec({**spec, "workers": 2})
+    with pytest.raises(UsageError, match="cpus_per_worker must be > 0"):
+        validate_spec({**spec, "cpus_per_worker": 0})
+
+
+def test_threads_do_not_change_which_published_run_a_spec_matches(data_dir):
+    from ldp.jobs.train_all_spec import spec_hash
+
+    spec = validate_spec(_spec(data_dir, 1))
+    assert spec_hash(dataclasses.asdict(spec)) == spec_hash({**dataclasses.asdict(spec), "cpus_per_worker": 1})

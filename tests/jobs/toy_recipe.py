@@ -9,6 +9,8 @@ resume must restore it.
 Fault injection for the failure tests: ``config["kill"] = {"rank": 1, "step": 8, "marker": path}``
 makes that rank SIGKILL itself at that training step the first time (the marker file records it).
 
+``config["threads_file"] = path``: rank 0 writes its intra-op thread count there.
+
 ``config["nan_at_step"] = N`` makes the loss NaN at step N on every rank (the trainer then raises
 its own error, which the runner must pass on).
 
@@ -67,6 +69,8 @@ def _collate(rows):
 
 
 def build(config: dict, rank: int, world_size: int) -> Built:
+    if config.get("threads_file") and rank == 0:
+        Path(config["threads_file"]).write_text(str(torch.get_num_threads()))
     torch.manual_seed(int(config.get("init_seed", 0)))  # same weights on every rank
     model = ToyModel()
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}

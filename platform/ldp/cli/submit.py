@@ -67,6 +67,7 @@ def submit(
     base: Optional[str] = typer.Option(None, "--base", help="Base: registry reference or folder (default bases/<size>@latest)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps (default 900)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Ray Train workers."),
+    cpus_per_worker: Optional[float] = typer.Option(None, "--cpus-per-worker", help="CPUs (and threads) per worker (default: a one-machine cluster's CPUs shared among the workers, else 1)."),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="auto | ddp | zero2 | zero3 | zero3-offload."),
     gpus: Optional[int] = typer.Option(None, "--gpus", help="Train on N GPUs (N workers, one GPU each, bf16)."),
     gpu_mem: Optional[float] = typer.Option(None, "--gpu-mem", help="GB per GPU, for the strategy choice (with --gpus)."),
@@ -128,7 +129,7 @@ def submit(
     else:
         explicit = {
             "task": task, "size": size, "method": method, "base": base, "steps": steps,
-            "workers": workers, "strategy": strategy, "registry": registry,
+            "workers": workers, "cpus_per_worker": cpus_per_worker, "strategy": strategy, "registry": registry,
             "data_dir": data_dir or os.environ.get("LDP_DATA_DIR") or None,
         }
         data = spec_from_options(config, sets, explicit)
