@@ -120,9 +120,10 @@ def cluster_resources() -> ClusterResources:
 def cpus_per_worker_for(num_workers: int, resources: ClusterResources, use_gpu: bool = False) -> float:
     """The CPUs each of ``num_workers`` CPU workers holds when the job does not say.
 
-    A worker's CPUs are also its intra-op threads (Ray sets ``OMP_NUM_THREADS`` to them), so a
-    one-CPU worker on an idle 2-core machine computes on one core: measured on an AMD EPYC, a
-    lora-diffusion step of the tiny base took 0.96 s on one thread and 0.55 s on two. On a
+    A training worker runs as many intra-op threads as it holds CPUs (it sets them itself: Ray
+    starts a Train worker on one), so a one-CPU worker on an idle 2-core machine computes on one
+    core: measured on an AMD EPYC, a lora-diffusion step of the tiny base took 0.96 s on one
+    thread and 0.55 s on two. On a
     one-node cluster (an embedded local Ray, or the head of ``ldp cluster up``) the node's CPUs
     are shared out among the workers; on several nodes, and for GPU workers, each holds 1 (a
     node's size is not the job's to take)."""
