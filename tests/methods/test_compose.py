@@ -66,6 +66,23 @@ def test_adapters_reading_different_contexts_compose(tiny, batch):
     torch.testing.assert_close(mixed, want, rtol=0, atol=1e-5)
 
 
+def test_attention_pooled_adapters_keep_their_own_encoding_in_a_mix(tiny, batch):
+    """Two adapters with ``pooling: attention`` read the same blocks with different learned
+    queries: a half-half mix is the sum of the two adapters' own perturbations (were the
+    encoding shared, the second adapter would read the first one's Enc(c))."""
+    ids, t, inst = batch
+    h = base_fingerprint(tiny)
+    a, b = (adapter(tiny, seed, h, pooling="attention") for seed in (1, 2))
+    assert not torch.equal(a.context_queries, b.context_queries)
+    comp = Composition(tiny, {"a": a, "b": b})
+    base = tiny.hidden_states(ids, t)
+    mixed = comp.hidden_states(ids, t, instruction_mask=inst, weights=torch.tensor([0.5, 0.5]))
+    want = base + 0.5 * (a.hidden_states(ids, t, instruction_mask=inst) - base) + 0.5 * (
+        b.hidden_states(ids, t, instruction_mask=inst) - base
+    )
+    torch.testing.assert_close(mixed, want, rtol=0, atol=1e-5)
+
+
 def test_mix_is_the_weighted_sum_of_perturbations_per_row(pair, batch):
     base, a, b = pair
     ids, t, inst = batch

@@ -112,13 +112,16 @@ def test_scale_multiplies_the_perturbation(batch):
     torch.testing.assert_close(outs[1], 0.25 * outs[0], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("context", ["final", "blocks"])
-def test_perturbation_matches_the_written_formula(tiny, batch, context):
+@pytest.mark.parametrize(
+    ("context", "pooling"), [("final", "mean"), ("blocks", "mean"), ("blocks", "attention")]
+)
+def test_perturbation_matches_the_written_formula(tiny, batch, context, pooling):
     """H' = H + sigma * (sum_i W_A_i (ReLU(W_B_i [H^; Emb(t)]) * (1 + W_c_i c^ + b_c_i)) + b)
-    with H^ = (H - mu_H) / s_H and c^ = (Enc(c) - mu_c) / s_c, where Enc(c) is the prompt mean of
-    the final states (``final``) or of every block's output, then the final states (``blocks``)."""
+    with H^ = (H - mu_H) / s_H and c^ = (Enc(c) - mu_c) / s_c, where Enc(c) pools the final
+    states (``final``) or every block's output, then the final states (``blocks``), over the
+    prompt: by their mean, or (``attention``) weighted by softmax(h . q_layer / sqrt(d))."""
     ids, _, inst = batch
-    model = attach(tiny, num_steps=30, share="step", context=context)
+    model = attach(tiny, num_steps=30, share="step", context=context, pooling=pooling)
     randomise(model)
     g = torch.Generator().manual_seed(1)
     d = tiny.hidden_size
@@ -140,7 +143,15 @@ def test_perturbation_matches_the_written_formula(tiny, batch, context):
         plan = model.step_plan(step)
         module = model.phase_modules()[plan["phase"]]
         slot = step - module.first_step
-        raw = torch.cat([state[row][inst[row]].mean(0) for state in read])
+        if pooling == "mean":
+            raw = torch.cat([state[row][inst[row]].mean(0) for state in read])
+        else:
+            pooled = []
+            for layer, state in enumerate(read):
+                prompt = state[row][inst[row]]
+                weights = torch.softmax(prompt @ model.context_queries[layer] / d**0.5, dim=0)
+                pooled.append(weights @ prompt)
+            raw = torch.cat(pooled)
         assert raw.shape == (d_c,)
         enc = (raw - module.c_shift) / (1 / module.c_scale)
         h_std = (H[row] - module.h_shift) / (1 / module.h_scale)
@@ -447,6 +458,47 @@ def test_blocks_context_reads_the_middle_blocks(tiny, batch):
         with torch.no_grad():
             module.c_shift[:d] += 1.0  # block 0's prompt mean only
     assert not torch.allclose(model.hidden_states(ids, t, instruction_mask=inst), before)
+
+
+def test_attention_pooling_starts_as_the_mean_then_learns_and_is_saved(tmp_path, batch):
+    """``pooling: attention``: with its queries at zero (a fresh adapter) Enc(c) is the mean,
+    so any adapter weights give what mean pooling gives; the queries get gradient from the
+    loss, are counted as trainable, and round-trip through save / load."""
+    from ldp.methods import load_adapter
+
+    ids, t, inst = batch
+    mean = attach(make_tiny(), num_steps=30)
+    attn = attach(make_tiny(), num_steps=30, pooling="attention")
+    assert mean.context_queries is None
+    queries = attn.context_queries
+    assert queries.shape == (len(attn.base.blocks()), attn.base.hidden_size)
+    assert torch.equal(queries, torch.zeros_like(queries))
+    assert any(p is queries for p in attn.trainable_parameters())
+    counts = attn.parameter_counts()["trainable"] - mean.parameter_counts()["trainable"]
+    assert counts == queries.numel()
+    randomise(mean)
+    with torch.no_grad():  # the same adapter weights, queries still zero
+        for mine, theirs in zip(attn.trainable_parameters(), mean.trainable_parameters()):
+            mine.copy_(theirs)
+    torch.testing.assert_close(
+        attn(ids, t, instruction_mask=inst), mean(ids, t, instruction_mask=inst), rtol=1e-5, atol=1e-5
+    )
+    attn(ids, t, instruction_mask=inst).logsumexp(-1).sum().backward()
+    assert queries.grad is not None and float(queries.grad.abs().sum()) > 0
+    with torch.no_grad():
+        queries.normal_()
+    attn.eval()
+    expected = attn(ids, t, instruction_mask=inst)
+    assert not torch.allclose(expected, mean(ids, t, instruction_mask=inst))
+    loaded = load_adapter(make_tiny(), attn.save_adapter(tmp_path / "a", base_name="test/native")).eval()
+    assert loaded.config.pooling == "attention"
+    assert torch.equal(loaded.context_queries, queries)
+    assert torch.equal(loaded(ids, t, instruction_mask=inst), expected)
+
+
+def test_attention_pooling_needs_conditioning():
+    with pytest.raises(ValueError, match="needs conditioning"):
+        LoraDiffusionConfig(pooling="attention", conditioning=False)
 
 
 def test_shared_module_acts_at_every_step_and_trains_on_every_row(tiny, batch):

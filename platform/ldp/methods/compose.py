@@ -298,14 +298,17 @@ class Composition(OnABase):
         bool, only at those positions (the others keep the base's H), which is what makes a
         composed sampling step cost about one base forward."""
         out = hidden
-        encodings: dict[tuple[int, ...], torch.Tensor] = {}  # blocks read -> Enc(c)
+        # (blocks read, the adapter for attention pooling, else None) -> Enc(c): adapters that
+        # pool by the mean over the same blocks share one encoding; a learned query is private.
+        encodings: dict[tuple[tuple[int, ...], str | None], torch.Tensor] = {}
         if encoding is not None:
-            encodings[()] = encoding
+            encodings[(), None] = encoding
 
-        def encoding_for(adapter) -> torch.Tensor | None:
+        def encoding_for(adapter, name: str) -> torch.Tensor | None:
             if not adapter.config.conditioning:
                 return None
-            key = tuple(adapter.context_blocks)
+            private = name if adapter.context_queries is not None else None
+            key = (tuple(adapter.context_blocks), private)
             if key not in encodings:
                 encodings[key] = adapter.encode_context(
                     hidden, block_states, instruction_mask, input_ids, attention_mask
@@ -318,7 +321,7 @@ class Composition(OnABase):
             active = col != 0
             if not bool(active.any()):
                 continue
-            enc = encoding_for(adapter)
+            enc = encoding_for(adapter, key)
             if bool(active.all()):
                 delta = adapter.perturbation(
                     hidden, steps, input_ids=input_ids, instruction_mask=instruction_mask,

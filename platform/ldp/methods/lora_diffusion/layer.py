@@ -13,7 +13,9 @@ The perturbation of one phase at step t (paper Eqs. 13-16), for each of its k mo
 
 ``Enc(c)`` has ``d_c`` features: ``d`` for the mean of the final states over the prompt, ``n x d``
 when it concatenates that mean taken at the output of each of the base's ``n`` blocks
-(:func:`context_encoding`; the config's ``context``).
+(:func:`context_encoding`; the config's ``context``). Each layer's states are pooled over the
+prompt by their mean, or with ``pooling: attention`` by a softmax over the prompt positions
+against one learned query per layer (zero at init, where it is the mean).
 
 i.e. ``A_i(c) = W_A_i diag(1 + W_cond_i c^ + b_cond_i)``: the conditional part of A_i(c) is
 ``W_A_i diag(W_cond_i c^ + b_cond_i)``, a rank-r-preserving FiLM scaling of the bottleneck
@@ -58,6 +60,8 @@ __all__ = [
     "instruction_encoding",
     "nuclear_norm",
     "one_thread",
+    "pool",
+    "prompt_positions",
     "sinusoidal_step_embedding",
 ]
 
@@ -74,26 +78,22 @@ def sinusoidal_step_embedding(
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
 
 
-def instruction_encoding(
-    hidden: torch.Tensor,
+def prompt_positions(
     instruction_mask: torch.Tensor | None,
     *,
     input_ids: torch.Tensor,
     mask_token_id: int,
     attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Enc(c): mean of the base's hidden states (B, L, d) over the instruction tokens -> (B, d).
+    """(B, L) bool: the positions Enc(c) pools over, per row:
 
-    Which positions are averaged, per row:
     1. ``instruction_mask`` (B, L) True positions (that are also attended to), when given;
     2. otherwise (mask None, or a row without any True) the attended positions that are not
        ``[MASK]`` (the uncorrupted part of x_t: the prompt plus already revealed tokens);
     3. otherwise (a fully masked row) every attended position.
     """
-    hidden = hidden.float()
-    batch, length, _ = hidden.shape
     attended = (
-        torch.ones(batch, length, dtype=torch.bool, device=hidden.device)
+        torch.ones(input_ids.shape, dtype=torch.bool, device=input_ids.device)
         if attention_mask is None
         else attention_mask.to(torch.bool)
     )
@@ -104,9 +104,39 @@ def instruction_encoding(
         inst = instruction_mask.to(torch.bool) & attended
         has = inst.any(dim=1, keepdim=True)
         choice = torch.where(has, inst, choice)
-    weights = choice.to(hidden.dtype)  # (B, L)
-    denom = weights.sum(dim=1, keepdim=True).clamp_min(1.0)
-    return torch.einsum("bl,bld->bd", weights, hidden) / denom
+    return choice
+
+
+def pool(hidden: torch.Tensor, choice: torch.Tensor, query: torch.Tensor | None = None) -> torch.Tensor:
+    """Pool states (B, L, d) over the ``choice`` (B, L) positions -> (B, d) fp32: their mean, or
+    with ``query`` (d,) the softmax over them of ``h . q / sqrt(d)`` (uniform, so the mean, at
+    ``q = 0``). A row without any chosen position pools to zero."""
+    hidden = hidden.float()
+    if query is None:
+        weights = choice.to(hidden.dtype)  # (B, L)
+        denom = weights.sum(dim=1, keepdim=True).clamp_min(1.0)
+        return torch.einsum("bl,bld->bd", weights, hidden) / denom
+    scores = hidden @ query.float() / math.sqrt(hidden.shape[-1])  # (B, L)
+    scores = scores.masked_fill(~choice, float("-inf"))
+    weights = torch.softmax(scores, dim=1).nan_to_num(0.0)  # a row with no choice: all -inf
+    return torch.einsum("bl,bld->bd", weights, hidden)
+
+
+def instruction_encoding(
+    hidden: torch.Tensor,
+    instruction_mask: torch.Tensor | None,
+    *,
+    input_ids: torch.Tensor,
+    mask_token_id: int,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Enc(c): mean of the base's hidden states (B, L, d) over the instruction tokens -> (B, d)
+    (the positions of :func:`prompt_positions`)."""
+    choice = prompt_positions(
+        instruction_mask, input_ids=input_ids, mask_token_id=mask_token_id,
+        attention_mask=attention_mask,
+    )
+    return pool(hidden, choice)
 
 
 def context_encoding(
@@ -116,17 +146,17 @@ def context_encoding(
     input_ids: torch.Tensor,
     mask_token_id: int,
     attention_mask: torch.Tensor | None = None,
+    queries: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Enc(c) over several layers' states: each (B, L, d) tensor's :func:`instruction_encoding`,
-    concatenated in the given order -> (B, len(states) * d)."""
+    """Enc(c) over several layers' states: each (B, L, d) tensor pooled over the prompt
+    (:func:`prompt_positions`, :func:`pool`; with ``queries`` (len(states), d) the i-th state
+    by attention with the i-th query), concatenated in the given order -> (B, len(states) * d)."""
+    choice = prompt_positions(
+        instruction_mask, input_ids=input_ids, mask_token_id=mask_token_id,
+        attention_mask=attention_mask,
+    )
     return torch.cat(
-        [
-            instruction_encoding(
-                h, instruction_mask, input_ids=input_ids, mask_token_id=mask_token_id,
-                attention_mask=attention_mask,
-            )
-            for h in states
-        ],
+        [pool(h, choice, None if queries is None else queries[i]) for i, h in enumerate(states)],
         dim=-1,
     )
 

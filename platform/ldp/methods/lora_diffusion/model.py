@@ -130,6 +130,15 @@ class LoraDiffusionModel(AdaptedModel):
         self.context_blocks = (
             list(range(len(blocks) - 1)) if config.conditioning and config.context == "blocks" else []
         )
+        # One attention-pooling query per layer Enc(c) reads (zero: a fresh adapter pools the
+        # mean), or none with mean pooling.
+        self.context_queries = (
+            nn.Parameter(
+                torch.zeros(len(self.context_blocks) + 1, base.hidden_size, device=device)
+            )
+            if config.pooling == "attention"
+            else None
+        )
         ranges = config.step_ranges()
         self.register_buffer(
             "_phase_of_step",
@@ -197,12 +206,17 @@ class LoraDiffusionModel(AdaptedModel):
         return phases["shared"] if "shared" in phases else None
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [
+        params = [
             p for site in self.sites.values() for m in site.values() for p in m.adapter_params()
         ]
+        if self.context_queries is not None:
+            params.append(self.context_queries)
+        return params
 
     def _adapter_tensors(self) -> dict[str, torch.Tensor]:
         out = {}
+        if self.context_queries is not None:
+            out["context.queries"] = self.context_queries
         for site, phases in self.sites.items():
             for phase, module in phases.items():
                 for pname, param in module.named_parameters(recurse=False):
@@ -312,9 +326,10 @@ class LoraDiffusionModel(AdaptedModel):
         instruction_mask: torch.Tensor | None, input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Enc(c) (B, d_c) fp32 from one base pass: the prompt means of the outputs of
-        :attr:`context_blocks` (``block_states``: block index -> (B, L, d)), then of the final
-        states ``hidden``. One line of error if a block this adapter reads is missing."""
+        """Enc(c) (B, d_c) fp32 from one base pass: the outputs of :attr:`context_blocks`
+        (``block_states``: block index -> (B, L, d)), then the final states ``hidden``, each
+        pooled over the prompt (mean, or attention with :attr:`context_queries`). One line of
+        error if a block this adapter reads is missing."""
         block_states = block_states or {}
         missing = [i for i in self.context_blocks if i not in block_states]
         if missing:
@@ -326,6 +341,7 @@ class LoraDiffusionModel(AdaptedModel):
         return context_encoding(
             states, instruction_mask, input_ids=input_ids,
             mask_token_id=self.base.mask_token_id, attention_mask=attention_mask,
+            queries=self.context_queries,
         )
 
     def _perturb(self, site: str, hidden: torch.Tensor, ctx: _StepContext) -> torch.Tensor:
