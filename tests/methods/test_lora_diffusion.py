@@ -119,7 +119,7 @@ def test_perturbation_matches_the_written_formula(tiny, batch, context, pooling)
     """H' = H + sigma * (sum_i W_A_i (ReLU(W_B_i [H^; Emb(t)]) * (1 + W_c_i c^ + b_c_i)) + b)
     with H^ = (H - mu_H) / s_H and c^ = (Enc(c) - mu_c) / s_c, where Enc(c) pools the final
     states (``final``) or every block's output, then the final states (``blocks``), over the
-    prompt: by their mean, or (``attention``) weighted by softmax(h . q_layer / sqrt(d))."""
+    prompt: by their mean, or (``attention``) weighted by softmax(h . q_layer)."""
     ids, _, inst = batch
     model = attach(tiny, num_steps=30, share="step", context=context, pooling=pooling)
     randomise(model)
@@ -149,7 +149,7 @@ def test_perturbation_matches_the_written_formula(tiny, batch, context, pooling)
             pooled = []
             for layer, state in enumerate(read):
                 prompt = state[row][inst[row]]
-                weights = torch.softmax(prompt @ model.context_queries[layer] / d**0.5, dim=0)
+                weights = torch.softmax(prompt @ model.context_queries[layer], dim=0)
                 pooled.append(weights @ prompt)
             raw = torch.cat(pooled)
         assert raw.shape == (d_c,)

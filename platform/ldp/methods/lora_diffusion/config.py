@@ -59,7 +59,7 @@ class LoraDiffusionConfig:
     Adapters saved before this option existed load as ``final``."""
     pooling: Literal["mean", "attention"] = "mean"
     """How Enc(c) pools each read layer's states over the prompt. ``mean`` (default): their
-    average. ``attention``: a softmax over the prompt positions of ``h . q / sqrt(d)``, with one
+    average. ``attention``: weighted by a softmax over the prompt positions of ``h . q``, with one
     learned query ``q`` per read layer (d parameters each), so the adapter can weight the tokens
     that decide the label (a question's first words, say) above the rest. Every query starts at
     zero, where the softmax is uniform: a fresh adapter pools exactly as ``mean``."""

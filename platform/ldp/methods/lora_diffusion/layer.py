@@ -109,14 +109,18 @@ def prompt_positions(
 
 def pool(hidden: torch.Tensor, choice: torch.Tensor, query: torch.Tensor | None = None) -> torch.Tensor:
     """Pool states (B, L, d) over the ``choice`` (B, L) positions -> (B, d) fp32: their mean, or
-    with ``query`` (d,) the softmax over them of ``h . q / sqrt(d)`` (uniform, so the mean, at
-    ``q = 0``). A row without any chosen position pools to zero."""
+    with ``query`` (d,) weighted by the softmax over them of ``h . q`` (uniform, so the mean, at
+    ``q = 0``). A row without any chosen position pools to zero.
+
+    No ``1 / sqrt(d)`` as in dot-product attention: ``q`` is trained from zero by Adam, whose
+    steps are per coordinate, and with that factor a query trained for 900 steps on trec still
+    spread its weight over 67 of a prompt's 68 positions (the largest weight 0.02)."""
     hidden = hidden.float()
     if query is None:
         weights = choice.to(hidden.dtype)  # (B, L)
         denom = weights.sum(dim=1, keepdim=True).clamp_min(1.0)
         return torch.einsum("bl,bld->bd", weights, hidden) / denom
-    scores = hidden @ query.float() / math.sqrt(hidden.shape[-1])  # (B, L)
+    scores = hidden @ query.float()  # (B, L)
     scores = scores.masked_fill(~choice, float("-inf"))
     weights = torch.softmax(scores, dim=1).nan_to_num(0.0)  # a row with no choice: all -inf
     return torch.einsum("bl,bld->bd", weights, hidden)
