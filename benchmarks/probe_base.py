@@ -24,7 +24,9 @@ per-feature statistics.
 
 A probe is trained on the train split and scored on the validation split, so it never sees the
 numbers it reports. It is an estimate of what a *linear* readout of the frozen features can reach,
-not a bound: an adapter also changes the states the head reads.
+not a bound: an adapter also changes the states the head reads. ``--mlp N`` also fits a readout
+with one hidden layer of N tanh units on each (``<readout>_mlp_accuracy``), to tell whether the
+features hold more than a linear map can read (a lora-diffusion adapter is nonlinear in its input).
 
     python benchmarks/probe_base.py --base FOLDER --task sst2 --data-dir ../shared/data
     python benchmarks/probe_base.py --base minilm --task sst2 --data-dir ../shared/data   # no warm start
@@ -54,11 +56,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--train-limit", type=int, default=2000)
     p.add_argument("--val-limit", type=int, default=300)
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--mlp", type=int, default=0, metavar="N",
+                   help="also fit a one-hidden-layer readout of N tanh units (default 0: none)")
     p.add_argument("--json", dest="json_path", help="also write the result here")
     args = p.parse_args(argv)
     for name in ("train_limit", "val_limit", "batch"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.mlp < 0:
+        p.error("--mlp must be >= 0")
     return args
 
 
@@ -160,6 +166,30 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, classes: int, c: float = 1.0)
     return probe
 
 
+def fit_mlp(
+    x: torch.Tensor, y: torch.Tensor, classes: int, hidden: int, c: float = 1.0, seed: int = 0
+) -> torch.nn.Sequential:
+    """A readout with one hidden layer of ``hidden`` tanh units, fitted by L-BFGS to
+    ``mean cross-entropy + (||W_1||^2 + ||W_2||^2) / (2 c n)``: the same penalty as
+    :func:`fit_logistic`, so the two differ only in the hidden layer."""
+    torch.manual_seed(seed)
+    mlp = torch.nn.Sequential(
+        torch.nn.Linear(x.shape[1], hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, classes)
+    )
+    weights = [mlp[0].weight, mlp[2].weight]
+    opt = torch.optim.LBFGS(mlp.parameters(), max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        penalty = sum(w.pow(2).sum() for w in weights) / (2 * c * len(x))
+        loss = torch.nn.functional.cross_entropy(mlp(x), y) + penalty
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return mlp
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     from ldp.data.collate import encode_example
@@ -197,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
         probe = fit_logistic(train_x[name], torch.tensor(y_train), classes)
         pred = probe(val_x[name]).argmax(1)
         result[f"{name}_accuracy"] = round(100 * (pred == torch.tensor(y_val)).float().mean().item(), 1)
+        if args.mlp:
+            mlp = fit_mlp(train_x[name], torch.tensor(y_train), classes, args.mlp)
+            with torch.no_grad():
+                pred = mlp(val_x[name]).argmax(1)
+            result[f"{name}_mlp_accuracy"] = round(100 * (pred == torch.tensor(y_val)).float().mean().item(), 1)
     result["seconds"] = round(time.perf_counter() - started, 1)
     text = json.dumps(result, indent=2)
     print(text)

@@ -33,6 +33,20 @@ def test_logistic_probe_separates_separable_classes_and_not_noise(probe):
     assert (fitted(held_out).argmax(1) == torch.randint(0, 2, (200,), generator=g)).float().mean() < 0.65
 
 
+def test_mlp_probe_reads_what_a_linear_probe_cannot(probe):
+    # XOR of two signs: no linear readout beats chance, one hidden layer separates it.
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 8, generator=g)
+    y = ((x[:, 0] > 0) ^ (x[:, 1] > 0)).long()
+    held_out = torch.randn(400, 8, generator=g)
+    y_held = ((held_out[:, 0] > 0) ^ (held_out[:, 1] > 0)).long()
+    linear = probe.fit_logistic(x, y, 2)
+    mlp = probe.fit_mlp(x, y, 2, hidden=16)
+    with torch.no_grad():
+        assert (linear(held_out).argmax(1) == y_held).float().mean() < 0.65
+        assert (mlp(held_out).argmax(1) == y_held).float().mean() > 0.8
+
+
 def test_standardise_uses_the_training_statistics_for_every_split(probe):
     train = torch.tensor([[1.0, 10.0], [3.0, 30.0]])
     tr, other = probe.standardise(train, torch.tensor([[2.0, 50.0]]))
@@ -43,12 +57,13 @@ def test_standardise_uses_the_training_statistics_for_every_split(probe):
 def test_probe_reports_every_readout_on_a_real_base(probe, small_base, data_dir, tmp_path, capsys):
     out = tmp_path / "probe.json"
     code = probe.main(["--base", str(small_base.folder), "--task", "sst2", "--data-dir", str(data_dir),
-                       "--train-limit", "48", "--val-limit", "16", "--json", str(out)])
+                       "--train-limit", "48", "--val-limit", "16", "--mlp", "8", "--json", str(out)])
     assert code == 0
     result = json.loads(out.read_text())
     assert json.loads(capsys.readouterr().out) == result
     assert result["n_train"] == 48 and result["n_val"] == 16 and result["split"] == "validation"
-    for key in [f"{name}_accuracy" for name in probe.READOUTS] + ["majority"]:
+    keys = [f"{name}_{kind}accuracy" for name in probe.READOUTS for kind in ("", "mlp_")]
+    for key in keys + ["majority"]:
         assert 0.0 <= result[key] <= 100.0
     # sst2's template: the instruction before the sentence and the answer cue after it.
     prefix, suffix = result["template_tokens"]
@@ -71,3 +86,9 @@ def test_bad_input_is_one_line_and_exit_2(probe, data_dir, capsys, args, needle)
     code = probe.main(["--base", "minilm", "--data-dir", str(data_dir), *args])
     err = capsys.readouterr().err
     assert code == 2 and needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_negative_mlp_width_is_a_usage_error(probe, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        probe.main(["--base", "minilm", "--data-dir", "x", "--mlp", "-1"])
+    assert exit_info.value.code == 2 and "--mlp must be >= 0" in capsys.readouterr().err
