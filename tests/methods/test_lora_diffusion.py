@@ -48,7 +48,8 @@ def test_only_adapter_trains_and_base_is_bit_identical(tiny, batch):
     model = attach(tiny, num_steps=30, share="step")
     params = model.trainable_parameters()
     adapter_ids = {id(p) for p in params}
-    assert adapter_ids == {id(p) for p in model.sites.parameters()}
+    # the phase modules and (default attention pooling) the pooling queries, nothing else
+    assert adapter_ids == {id(p) for p in model.sites.parameters()} | {id(model.context_queries)}
     assert all(not p.requires_grad for p in tiny.parameters())
     opt = torch.optim.AdamW(params, lr=1e-2)
     start = [p.detach().clone() for p in params]
@@ -167,7 +168,7 @@ def test_perturbation_matches_the_written_formula(tiny, batch, context, pooling)
 
 
 def test_share_step_gives_each_step_its_own_modules(tiny):
-    model = attach(tiny, num_steps=30, share="step")
+    model = attach(tiny, num_steps=30, share="step", pooling="mean")
     early = model.phase_modules()["early"]
     assert early.lora_A.shape[0] == 10 and model.phase_modules()["middle"].lora_A.shape[0] == 10
     with torch.no_grad():
@@ -177,7 +178,7 @@ def test_share_step_gives_each_step_its_own_modules(tiny):
         base = tiny(ids, torch.tensor([step / 30]))
         changed = not torch.equal(model(ids, steps=torch.tensor([step])), base)
         assert changed == (step == 25)
-    phase_model = attach(make_tiny(), num_steps=30, share="phase")
+    phase_model = attach(make_tiny(), num_steps=30, share="phase", pooling="mean")
     assert model.parameter_counts()["trainable"] == 10 * phase_model.parameter_counts()["trainable"]
 
 
@@ -421,16 +422,17 @@ def test_positions_hint_gives_the_same_values_and_gradients_where_read(tiny, bat
 
 
 def test_adapter_saved_before_context_existed_loads_as_final(tmp_path, batch):
-    """Adapters written before ``context`` existed read the final states only; their config has
-    no ``context`` key, and the default is now ``blocks``: they must load as ``final`` and give
-    the logits they gave when saved."""
+    """Adapters written before ``context`` and ``pooling`` existed read the final states only,
+    pooled by the mean; their config has neither key, and the defaults are now ``blocks`` and
+    ``attention``: they must load as ``final`` and ``mean`` and give the logits they gave when
+    saved."""
     import json
 
     from ldp.methods import load_adapter
     from ldp.methods.base import ADAPTER_CONFIG_NAME
 
     ids, t, inst = batch
-    model = attach(make_tiny(), num_steps=30, context="final")
+    model = attach(make_tiny(), num_steps=30, context="final", pooling="mean")
     randomise(model)
     model.eval()
     expected = model(ids, t, instruction_mask=inst)
@@ -438,11 +440,14 @@ def test_adapter_saved_before_context_existed_loads_as_final(tmp_path, batch):
     meta_path = folder / ADAPTER_CONFIG_NAME
     meta = json.loads(meta_path.read_text())
     del meta["ldp_config"]["context"]
+    del meta["ldp_config"]["pooling"]
     meta_path.write_text(json.dumps(meta))
     loaded = load_adapter(make_tiny(), folder).eval()
     assert loaded.config.context == "final" and loaded.context_blocks == []
+    assert loaded.config.pooling == "mean" and loaded.context_queries is None
     assert torch.equal(loaded(ids, t, instruction_mask=inst), expected)
-    assert attach(make_tiny(), num_steps=30).config.context == "blocks"  # new adapters
+    fresh = attach(make_tiny(), num_steps=30).config  # new adapters
+    assert fresh.context == "blocks" and fresh.pooling == "attention"
 
 
 def test_blocks_context_reads_the_middle_blocks(tiny, batch):
@@ -467,7 +472,7 @@ def test_attention_pooling_starts_as_the_mean_then_learns_and_is_saved(tmp_path,
     from ldp.methods import load_adapter
 
     ids, t, inst = batch
-    mean = attach(make_tiny(), num_steps=30)
+    mean = attach(make_tiny(), num_steps=30, pooling="mean")
     attn = attach(make_tiny(), num_steps=30, pooling="attention")
     assert mean.context_queries is None
     queries = attn.context_queries
@@ -496,9 +501,13 @@ def test_attention_pooling_starts_as_the_mean_then_learns_and_is_saved(tmp_path,
     assert torch.equal(loaded(ids, t, instruction_mask=inst), expected)
 
 
-def test_attention_pooling_needs_conditioning():
-    with pytest.raises(ValueError, match="needs conditioning"):
-        LoraDiffusionConfig(pooling="attention", conditioning=False)
+def test_attention_pooling_without_conditioning_adds_nothing():
+    """No Enc(c), nothing to pool: the default ``pooling: attention`` with ``conditioning``
+    off is accepted and trains no query."""
+    free = attach(make_tiny(), num_steps=30, conditioning=False)
+    assert free.config.pooling == "attention" and free.context_queries is None
+    plain = attach(make_tiny(), num_steps=30, conditioning=False, pooling="mean")
+    assert free.parameter_counts()["trainable"] == plain.parameter_counts()["trainable"]
 
 
 def test_shared_module_acts_at_every_step_and_trains_on_every_row(tiny, batch):
@@ -566,7 +575,7 @@ def test_nested_share_gives_each_phase_its_rank_and_scale_from_one_module(tiny, 
     """``share: nested``: one module of rank max(ranks); a row of phase p is the written formula
     over the first ranks[p] units only, scaled by scales[p]."""
     ids, _, inst = batch
-    model = attach(tiny, num_steps=30, share="nested", context="final")
+    model = attach(tiny, num_steps=30, share="nested", context="final", pooling="mean")
     module = model.phase_modules()["early"]
     assert all(m is module for m in model.phase_modules().values()) and module.rank == 8
     assert model.parameter_counts()["trainable"] == sum(p.numel() for p in module.adapter_params())

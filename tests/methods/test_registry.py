@@ -146,9 +146,9 @@ def test_default_trajectory_adapter_is_under_one_percent_of_1_3b():
     assert counts["percent"] < 1.0
     # d = 2048, d_t = 128; share: nested, so k = 2 modules of rank max(ranks) = 64 serve every
     # phase: W_B r x (d + d_t), W_A d x r, FiLM r x d_c + r with d_c = n_blocks x d (Enc(c) reads
-    # every block); one offset b (d)
+    # every block); one offset b (d); one attention-pooling query (d) per block Enc(c) reads
     d_c = len(base.blocks()) * 2048
     r = 64
-    expected = 2 * (r * (2048 + 128) + 2048 * r + r * d_c + r) + 2048
+    expected = 2 * (r * (2048 + 128) + 2048 * r + r * d_c + r) + 2048 + d_c
     assert counts["trainable"] == expected
     assert all(p.device.type == "meta" for p in model.trainable_parameters())

@@ -19,6 +19,7 @@ METHOD = Method(
     peft_type=LoraDiffusionModel.peft_type,
     config_cls=LoraDiffusionConfig,
     attach_fn=attach,
-    # Adapters saved before ``context`` existed summarised the final states only.
-    legacy_defaults={"context": "final"},
+    # Adapters saved before ``context`` existed summarised the final states only; those saved
+    # before ``pooling`` existed pooled by the mean.
+    legacy_defaults={"context": "final", "pooling": "mean"},
 )

@@ -57,12 +57,16 @@ class LoraDiffusionConfig:
     blocks keep sentence features that its last block, retrained to denoise, has partly lost:
     on the tiny base ``blocks`` scored 4-5 points more on sst2 and trec (docs/METHOD.md).
     Adapters saved before this option existed load as ``final``."""
-    pooling: Literal["mean", "attention"] = "mean"
-    """How Enc(c) pools each read layer's states over the prompt. ``mean`` (default): their
-    average. ``attention``: weighted by a softmax over the prompt positions of ``h . q``, with one
-    learned query ``q`` per read layer (d parameters each), so the adapter can weight the tokens
-    that decide the label (a question's first words, say) above the rest. Every query starts at
-    zero, where the softmax is uniform: a fresh adapter pools exactly as ``mean``."""
+    pooling: Literal["mean", "attention"] = "attention"
+    """How Enc(c) pools each read layer's states over the prompt. ``attention`` (default): weighted
+    by a softmax over the prompt positions of ``h . q``, with one learned query ``q`` per read
+    layer (d parameters each), so the adapter can weight the tokens that decide the label (a
+    question's first words, say) above the rest. Every query starts at zero, where the softmax is
+    uniform: a fresh adapter pools exactly as ``mean``. ``mean``: the plain average. Chosen on
+    validation data (tiny base, 900 steps, docs/METHOD.md): trec 88.0 / 89.5 against 86.0 / 87.0
+    (seeds 0 / 1), 88.0 against 86.5 on an fp32 base build, sst2 80.5 against 79.0, at the same
+    step time. Without ``conditioning`` there is no Enc(c) and the option has no effect (no
+    queries). Adapters saved before this option existed load as ``mean``."""
     inject_layers: list[int] = field(default_factory=list)
     """Also inject into the residual stream after these blocks (0-based; negative counts from
     the end). Empty (default): final hidden state only, and the base runs without autograd."""
@@ -122,8 +126,6 @@ class LoraDiffusionConfig:
             raise ValueError(f"calibration_examples must be >= 0, got {self.calibration_examples}")
         if self.lambda_rank < 0 or self.lambda_orth < 0:
             raise ValueError("lambda_rank and lambda_orth must be >= 0")
-        if self.pooling == "attention" and not self.conditioning:
-            raise ValueError("pooling: attention pools Enc(c); it needs conditioning: true")
         if len(set(self.inject_layers)) != len(self.inject_layers):
             raise ValueError(f"inject_layers has duplicates: {self.inject_layers}")
         ranges = self.step_ranges()

@@ -131,12 +131,12 @@ class LoraDiffusionModel(AdaptedModel):
             list(range(len(blocks) - 1)) if config.conditioning and config.context == "blocks" else []
         )
         # One attention-pooling query per layer Enc(c) reads (zero: a fresh adapter pools the
-        # mean), or none with mean pooling.
+        # mean), or none with mean pooling or without Enc(c).
         self.context_queries = (
             nn.Parameter(
                 torch.zeros(len(self.context_blocks) + 1, base.hidden_size, device=device)
             )
-            if config.pooling == "attention"
+            if config.pooling == "attention" and config.conditioning
             else None
         )
         ranges = config.step_ranges()
