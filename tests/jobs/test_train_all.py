@@ -100,9 +100,10 @@ def test_the_readme_submit_and_a_compare_cell_on_the_base_it_ran_on_hash_alike()
 
 def test_a_published_run_is_matched_by_what_it_ran_not_by_todays_defaults(tmp_path):
     """An adapter published by the README's ``ldp submit`` (steps and method config implicit)
-    ran the defaults of its day: 300 steps and the final-state Enc(c). Once the defaults are 900
-    steps and ``context: blocks``, the same implicit spec describes another run and must not
-    reuse it; a spec that asks for what it ran (300 steps, ``context: final``) must."""
+    ran the defaults of its day: 300 steps and the final-state Enc(c), mean-pooled. Once the
+    defaults are 900 steps, ``context: blocks`` and ``pooling: attention``, the same implicit spec
+    describes another run and must not reuse it; a spec that asks for what it ran (300 steps,
+    ``context: final``, ``pooling: mean``) must."""
     import json
 
     import yaml
@@ -125,7 +126,9 @@ def test_a_published_run_is_matched_by_what_it_ran_not_by_todays_defaults(tmp_pa
     train_all._HASHES.clear()
     today = spec_hash({**readme, "base": str(base)})
     assert find_published_adapter(reg, "sst2", "lora-diffusion", today) is None
-    asked = {**readme, "base": str(base), "steps": 300, "train": {"method_config": {"context": "final"}}}
+    # It ran with the final-state Enc(c), pooled by the mean (it predates both options).
+    asked = {**readme, "base": str(base), "steps": 300,
+             "train": {"method_config": {"context": "final", "pooling": "mean"}}}
     assert find_published_adapter(reg, "sst2", "lora-diffusion", spec_hash(asked)) == str(ref)
     # Writing a method default out describes the same run as leaving it implicit.
     explicit = {**readme, "train": {"method_config": {"context": "blocks"}}}
