@@ -147,6 +147,23 @@ def standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor
     return [(x - mean) / std for x in (train, *others)]
 
 
+def _fit_penalised(
+    model: torch.nn.Module, weights: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, c: float
+) -> None:
+    """Fit ``model`` to convergence by L-BFGS on ``mean cross-entropy + sum ||W||^2 / (2 c n)``
+    over ``weights`` (scikit-learn's logistic objective with ``C = c``)."""
+    opt = torch.optim.LBFGS(model.parameters(), max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        penalty = sum(w.pow(2).sum() for w in weights) / (2 * c * len(x))
+        loss = torch.nn.functional.cross_entropy(model(x), y) + penalty
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+
+
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, classes: int, c: float = 1.0) -> torch.nn.Linear:
     """Multinomial logistic regression with an L2 penalty, fitted to convergence by L-BFGS:
     ``mean cross-entropy + ||W||^2 / (2 c n)`` (scikit-learn's objective with ``C = c``)."""
@@ -154,15 +171,7 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, classes: int, c: float = 1.0)
     probe = torch.nn.Linear(x.shape[1], classes)
     torch.nn.init.zeros_(probe.weight)
     torch.nn.init.zeros_(probe.bias)
-    opt = torch.optim.LBFGS(probe.parameters(), max_iter=500, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(probe(x), y) + probe.weight.pow(2).sum() / (2 * c * len(x))
-        loss.backward()
-        return loss
-
-    opt.step(closure)
+    _fit_penalised(probe, [probe.weight], x, y, c)
     return probe
 
 
@@ -176,17 +185,7 @@ def fit_mlp(
     mlp = torch.nn.Sequential(
         torch.nn.Linear(x.shape[1], hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, classes)
     )
-    weights = [mlp[0].weight, mlp[2].weight]
-    opt = torch.optim.LBFGS(mlp.parameters(), max_iter=500, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        penalty = sum(w.pow(2).sum() for w in weights) / (2 * c * len(x))
-        loss = torch.nn.functional.cross_entropy(mlp(x), y) + penalty
-        loss.backward()
-        return loss
-
-    opt.step(closure)
+    _fit_penalised(mlp, [mlp[0].weight, mlp[2].weight], x, y, c)
     return mlp
 
 
@@ -223,15 +222,18 @@ def main(argv: list[str] | None = None) -> int:
               "split": "validation", "majority": round(100 * max(map(y_val.count, set(y_val))) / len(y_val), 1)}
     classes = spec.num_labels
     result["template_tokens"] = list(span)
+    y_train, y_val = torch.tensor(y_train), torch.tensor(y_val)
+
+    def accuracy(readout: torch.nn.Module, x: torch.Tensor) -> float:
+        with torch.no_grad():
+            return round(100 * (readout(x).argmax(1) == y_val).float().mean().item(), 1)
+
     for name in READOUTS:
-        probe = fit_logistic(train_x[name], torch.tensor(y_train), classes)
-        pred = probe(val_x[name]).argmax(1)
-        result[f"{name}_accuracy"] = round(100 * (pred == torch.tensor(y_val)).float().mean().item(), 1)
+        probe = fit_logistic(train_x[name], y_train, classes)
+        result[f"{name}_accuracy"] = accuracy(probe, val_x[name])
         if args.mlp:
-            mlp = fit_mlp(train_x[name], torch.tensor(y_train), classes, args.mlp)
-            with torch.no_grad():
-                pred = mlp(val_x[name]).argmax(1)
-            result[f"{name}_mlp_accuracy"] = round(100 * (pred == torch.tensor(y_val)).float().mean().item(), 1)
+            mlp = fit_mlp(train_x[name], y_train, classes, args.mlp)
+            result[f"{name}_mlp_accuracy"] = accuracy(mlp, val_x[name])
     result["seconds"] = round(time.perf_counter() - started, 1)
     text = json.dumps(result, indent=2)
     print(text)

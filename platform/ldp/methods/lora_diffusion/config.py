@@ -65,8 +65,9 @@ class LoraDiffusionConfig:
     uniform: a fresh adapter pools exactly as ``mean``. ``mean``: the plain average. Chosen on
     validation data (tiny base, 900 steps, docs/METHOD.md): trec 88.0 / 89.5 against 86.0 / 87.0
     (seeds 0 / 1), 88.0 against 86.5 on an fp32 base build, sst2 80.5 against 79.0; its step
-    costs ~12% more (``ldp bench``: 0.23 of weight LoRA's step against 0.20). Without ``conditioning`` there is no Enc(c) and the option has no effect (no
-    queries). Adapters saved before this option existed load as ``mean``."""
+    costs ~12% more (``ldp bench``: 0.23 of weight LoRA's step against 0.20). Without
+    ``conditioning`` there is no Enc(c) and the option has no effect (no queries). Adapters saved
+    before this option existed load as ``mean``."""
     inject_layers: list[int] = field(default_factory=list)
     """Also inject into the residual stream after these blocks (0-based; negative counts from
     the end). Empty (default): final hidden state only, and the base runs without autograd."""
